@@ -1,0 +1,663 @@
+"""Export a trained student to a self-describing ONNX model package.
+
+Steps (all through optimum, never a hand-written ``torch.onnx.export``):
+
+1. ``optimum.exporters.onnx.main_export`` writes an FP32 graph with dynamic
+   ``batch_size`` and ``sequence_length`` axes.
+2. Each variant is built from a list of candidate recipes, best first, and the first
+   one that passes its parity gate is written:
+
+   - ``fp32``: ORTOptimizer O2 (CPU fusions), then O1, then the plain export.
+     Gate: max |score_onnx - score_torch| <= 1e-4.
+   - ``fp16`` (for the CUDA EP): ORTOptimizer O2 with ``optimize_for_gpu`` and
+     ``fp16`` (which uses onnxruntime.transformers' ``convert_float_to_float16`` with
+     ``keep_io_types=True``, so inputs stay int64 and logits stay float32), then the
+     plain onnxruntime.transformers conversion of the FP32 graph. onnxconverter-common's
+     ``keep_io_types`` is avoided: its graph fails to load (see TOOLCHAIN.md).
+   - ``int8`` (for the CPU EP): ORTQuantizer dynamic quantization, per-channel on all
+     quantizable operators, then per-channel on MatMul only, then MatMul only with the
+     pooler and classifier head left in FP32.
+
+   Gate for fp16/int8 (against the chosen FP32 graph, on the validation queries):
+   pairwise accuracy drops by at most 0.005 and the mean per-query Kendall tau is at
+   least 0.9.
+3. Tokenizer files are copied, ``manifest.json`` is written with a SHA-256 of every file,
+   and the package replaces ``out_dir`` in one rename.
+
+A variant whose candidates all fail parity is not written; the reasons are logged and
+kept in ``manifest.provenance["export"]["rejected"]``. FP32 failing is fatal because it is
+the reference for the others.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import json
+import logging
+import math
+import platform
+import shutil
+import tempfile
+from collections import defaultdict
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from service.features import encode_pairs, load_tokenizer
+from service.model_package import (
+    MANIFEST_NAME,
+    VARIANT_NAMES,
+    Manifest,
+    ScoreSpec,
+    VariantSpec,
+    sha256_file,
+    write_manifest,
+)
+
+logger = logging.getLogger(__name__)
+
+# (query_id, query, text, grade on the 1..3 scale)
+ValidationPair = tuple[Hashable, str, str, float]
+
+FP32_MAX_ABS_DIFF = 1e-4
+MAX_PAIRWISE_ACCURACY_DROP = 0.005
+MIN_MEAN_KENDALL_TAU = 0.9
+
+GRAPH_FILES = {name: f"model.{name}.onnx" for name in VARIANT_NAMES}
+VARIANT_PROVIDERS = {
+    "fp32": ["CPUExecutionProvider", "CUDAExecutionProvider"],
+    "fp16": ["CUDAExecutionProvider"],
+    "int8": ["CPUExecutionProvider"],
+}
+# Everything a consumer needs to rebuild the tokenizer or an ORTModel from the package.
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "vocab.txt",
+    "added_tokens.json",
+    "config.json",
+)
+# Used for the FP32-vs-torch check when the caller has no validation pairs (tests).
+SMOKE_PAIRS: tuple[ValidationPair, ...] = (
+    ("q0", "angle bracket", "Simpson Strong-Tie 12-Gauge Angle", 3.0),
+    ("q0", "angle bracket", "BEHR Premium Textured DeckOver 1-gal. Wood Coating", 1.0),
+    ("q1", "rain shower head", "Delta Vero 1-Handle Shower Only Faucet Trim Kit in Chrome", 2.33),
+    ("q1", "rain shower head", "Whirlpool 1.9 cu. ft. Over the Range Microwave", 1.0),
+    (
+        "q2",
+        "emergency light",
+        "Lithonia Lighting Quantum 2-Light Black LED Emergency Fixture",
+        2.67,
+    ),
+    ("q2", "emergency light", "House of Fara 3/4 in. x 3 in. x 8 ft. MDF Fluted Casing", 1.0),
+)
+_SCORE_BATCH_SIZE = 32
+
+
+class ExportError(RuntimeError):
+    """The export cannot produce a usable package."""
+
+
+# --------------------------------------------------------------------------- parity maths
+
+
+def pairwise_accuracy(
+    query_ids: Sequence[Hashable], grades: Sequence[float], scores: np.ndarray
+) -> float:
+    """Fraction of same-query pairs with different grades that the scores order correctly.
+
+    A score tie counts as half right. NaN when no query has two different grades.
+    """
+    groups = _group(query_ids)
+    grades_arr = np.asarray(grades, dtype=np.float64)
+    right = 0.0
+    total = 0
+    for rows in groups.values():
+        g = grades_arr[rows]
+        s = np.asarray(scores, dtype=np.float64)[rows]
+        # All ordered pairs (i, j) with g_i > g_j.
+        better = g[:, None] > g[None, :]
+        n = int(better.sum())
+        if n == 0:
+            continue
+        diff = s[:, None] - s[None, :]
+        right += float(((diff > 0) & better).sum()) + 0.5 * float(((diff == 0) & better).sum())
+        total += n
+    return right / total if total else math.nan
+
+
+def mean_kendall_tau(
+    query_ids: Sequence[Hashable], reference: np.ndarray, scores: np.ndarray
+) -> float:
+    """Mean over queries (with >= 2 items) of Kendall's tau-b between two score lists.
+
+    Queries where either list is constant have no defined tau and are skipped; NaN
+    when none is left.
+    """
+    from scipy.stats import kendalltau
+
+    taus = []
+    for rows in _group(query_ids).values():
+        if len(rows) < 2:
+            continue
+        tau = kendalltau(np.asarray(reference)[rows], np.asarray(scores)[rows]).statistic
+        if not math.isnan(tau):
+            taus.append(tau)
+    return float(np.mean(taus)) if taus else math.nan
+
+
+def _group(query_ids: Sequence[Hashable]) -> dict[Hashable, list[int]]:
+    groups: dict[Hashable, list[int]] = defaultdict(list)
+    for row, qid in enumerate(query_ids):
+        groups[qid].append(row)
+    return groups
+
+
+@dataclass(frozen=True)
+class ParityResult:
+    passed: bool
+    numbers: dict[str, Any]
+    reason: str = ""
+
+
+def check_fp32_parity(torch_scores: np.ndarray, onnx_scores: np.ndarray) -> ParityResult:
+    """FP32 ONNX must reproduce the PyTorch scores to ``FP32_MAX_ABS_DIFF``."""
+    diff = float(np.max(np.abs(np.asarray(torch_scores) - np.asarray(onnx_scores))))
+    finite = bool(np.all(np.isfinite(onnx_scores)))
+    numbers = {
+        "reference": "pytorch",
+        "pairs": len(onnx_scores),
+        "max_abs_score_diff": diff,
+        "threshold_max_abs_score_diff": FP32_MAX_ABS_DIFF,
+    }
+    if not finite or not diff <= FP32_MAX_ABS_DIFF:
+        return ParityResult(False, numbers, f"max |score diff| vs PyTorch {diff:.3g} > 1e-4")
+    return ParityResult(True, numbers)
+
+
+def check_ranking_parity(
+    query_ids: Sequence[Hashable],
+    grades: Sequence[float],
+    reference_scores: np.ndarray,
+    scores: np.ndarray,
+) -> ParityResult:
+    """A reduced-precision variant must keep the FP32 ranking (see module docstring)."""
+    acc_ref = pairwise_accuracy(query_ids, grades, reference_scores)
+    acc = pairwise_accuracy(query_ids, grades, scores)
+    tau = mean_kendall_tau(query_ids, reference_scores, scores)
+    drop = acc_ref - acc
+    numbers = {
+        "reference": "fp32",
+        "pairs": len(scores),
+        "queries": len(_group(query_ids)),
+        "pairwise_accuracy": acc,
+        "pairwise_accuracy_fp32": acc_ref,
+        "mean_kendall_tau_vs_fp32": tau,
+        "max_abs_score_diff_vs_fp32": float(
+            np.max(np.abs(np.asarray(reference_scores) - np.asarray(scores)))
+        ),
+        "threshold_pairwise_accuracy_drop": MAX_PAIRWISE_ACCURACY_DROP,
+        "threshold_mean_kendall_tau": MIN_MEAN_KENDALL_TAU,
+    }
+    reasons = []
+    if not np.all(np.isfinite(scores)):
+        reasons.append("non-finite scores")
+    # A drop is what hurts; a variant that happens to rank better is not rejected.
+    if not drop <= MAX_PAIRWISE_ACCURACY_DROP:
+        reasons.append(f"pairwise accuracy {acc:.4f} vs FP32 {acc_ref:.4f}")
+    if not tau >= MIN_MEAN_KENDALL_TAU:
+        reasons.append(f"mean Kendall tau vs FP32 {tau:.4f} < {MIN_MEAN_KENDALL_TAU}")
+    return ParityResult(not reasons, numbers, "; ".join(reasons))
+
+
+# --------------------------------------------------------------------------- scoring
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-x.astype(np.float64)))
+
+
+def _batches(queries: Sequence[str], texts: Sequence[str], size: int) -> Iterable[slice]:
+    for start in range(0, len(texts), size):
+        yield slice(start, start + size)
+
+
+def torch_scores(
+    model_dir: str | Path, tokenizer_path: str | Path, max_length: int, pairs: Sequence[tuple]
+) -> np.ndarray:
+    """Scores of the saved PyTorch student on ``(query, text)`` pairs (reference for FP32)."""
+    import torch
+    from transformers import AutoModelForSequenceClassification
+
+    tokenizer = load_tokenizer(tokenizer_path, max_length)
+    model = AutoModelForSequenceClassification.from_pretrained(model_dir).eval()
+    queries, texts = [p[0] for p in pairs], [p[1] for p in pairs]
+    out = []
+    with torch.inference_mode():
+        for sl in _batches(queries, texts, _SCORE_BATCH_SIZE):
+            batch = encode_pairs(tokenizer, queries[sl], texts[sl])
+            logits = model(**{k: torch.from_numpy(v) for k, v in batch.items()}).logits
+            out.append(logits[:, 0].float().numpy())
+    return _sigmoid(np.concatenate(out))
+
+
+def onnx_scores(
+    graph_path: str | Path,
+    tokenizer_path: str | Path,
+    max_length: int,
+    pairs: Sequence[tuple],
+    providers: Sequence[str] = ("CPUExecutionProvider",),
+) -> np.ndarray:
+    """Scores of an ONNX graph on ``(query, text)`` pairs, run as the service runs it."""
+    import onnxruntime as ort
+
+    tokenizer = load_tokenizer(tokenizer_path, max_length)
+    session = ort.InferenceSession(str(graph_path), providers=list(providers))
+    input_names = {i.name for i in session.get_inputs()}
+    queries, texts = [p[0] for p in pairs], [p[1] for p in pairs]
+    out = []
+    for sl in _batches(queries, texts, _SCORE_BATCH_SIZE):
+        batch = encode_pairs(tokenizer, queries[sl], texts[sl])
+        feeds = {k: v for k, v in batch.items() if k in input_names}
+        (logits,) = session.run(["logits"], feeds)
+        out.append(np.asarray(logits, dtype=np.float32)[:, 0])
+    return _sigmoid(np.concatenate(out))
+
+
+def _fp16_providers() -> list[str]:
+    """CUDA when this onnxruntime build has it; on a CPU-only machine FP16 parity runs on CPU."""
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    return ["CPUExecutionProvider"]
+
+
+# --------------------------------------------------------------------------- graph recipes
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """One way to build a variant graph from the plain export directory."""
+
+    label: str
+    build: dict[str, Any]
+    make: Callable[[Path, Path], Path]  # (export dir, work dir) -> graph path
+
+
+def _optimize(level: int, *, gpu: bool = False, fp16: bool = False) -> Callable[[Path, Path], Path]:
+    def make(export_dir: Path, work_dir: Path) -> Path:
+        from optimum.onnxruntime import ORTOptimizer
+        from optimum.onnxruntime.configuration import OptimizationConfig
+
+        config = OptimizationConfig(optimization_level=level, optimize_for_gpu=gpu, fp16=fp16)
+        with _quiet():
+            ORTOptimizer.from_pretrained(export_dir).optimize(config, work_dir, file_suffix=None)
+        return work_dir / "model.onnx"
+
+    return make
+
+
+def _plain(export_dir: Path, work_dir: Path) -> Path:
+    work_dir.mkdir(parents=True, exist_ok=True)
+    shutil.copy2(export_dir / "model.onnx", work_dir / "model.onnx")
+    return work_dir / "model.onnx"
+
+
+def _fp16_convert(export_dir: Path, work_dir: Path) -> Path:
+    import onnx
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    work_dir.mkdir(parents=True, exist_ok=True)
+    model = convert_float_to_float16(onnx.load(str(export_dir / "model.onnx")), keep_io_types=True)
+    onnx.save(model, str(work_dir / "model.onnx"))
+    return work_dir / "model.onnx"
+
+
+def _quantize(
+    *, operators: list[str] | None = None, exclude_head: bool = False
+) -> Callable[[Path, Path], Path]:
+    def make(export_dir: Path, work_dir: Path) -> Path:
+        from optimum.onnxruntime import ORTQuantizer
+        from optimum.onnxruntime.configuration import AutoQuantizationConfig
+
+        excluded = _head_nodes(export_dir / "model.onnx") if exclude_head else None
+        # Dynamic (no calibration set), per-channel: per-tensor INT8 reordered rankings
+        # badly on this model (TOOLCHAIN.md). The target CPUs have AVX-512 VNNI.
+        config = AutoQuantizationConfig.avx512_vnni(
+            is_static=False,
+            per_channel=True,
+            operators_to_quantize=operators,
+            nodes_to_exclude=excluded,
+        )
+        with _quiet():
+            quantizer = ORTQuantizer.from_pretrained(export_dir, file_name="model.onnx")
+            quantizer.quantize(config, work_dir, file_suffix=None)
+        return work_dir / "model.onnx"
+
+    return make
+
+
+def _head_nodes(graph_path: Path) -> list[str]:
+    """Nodes of the pooler and classifier: the last, small layers the score is most sensitive to."""
+    import onnx
+
+    graph = onnx.load(str(graph_path), load_external_data=False).graph
+    return [n.name for n in graph.node if "/pooler/" in n.name or "/classifier/" in n.name]
+
+
+RECIPES: dict[str, list[Recipe]] = {
+    "fp32": [
+        Recipe(
+            "optimum-O2", {"tool": "optimum ORTOptimizer", "optimization_level": 2}, _optimize(2)
+        ),
+        Recipe(
+            "optimum-O1", {"tool": "optimum ORTOptimizer", "optimization_level": 1}, _optimize(1)
+        ),
+        Recipe("plain", {"tool": "optimum main_export", "optimization_level": 0}, _plain),
+    ],
+    "fp16": [
+        Recipe(
+            "optimum-O2-gpu-fp16",
+            {
+                "tool": "optimum ORTOptimizer",
+                "optimization_level": 2,
+                "optimize_for_gpu": True,
+                "fp16": True,
+                "keep_io_types": True,
+            },
+            _optimize(2, gpu=True, fp16=True),
+        ),
+        Recipe(
+            "ort-float16",
+            {"tool": "onnxruntime.transformers convert_float_to_float16", "keep_io_types": True},
+            _fp16_convert,
+        ),
+    ],
+    "int8": [
+        Recipe(
+            "dynamic-per-channel",
+            {
+                "tool": "optimum ORTQuantizer",
+                "mode": "dynamic",
+                "per_channel": True,
+                "operators": "default",
+                "config": "avx512_vnni",
+            },
+            _quantize(),
+        ),
+        Recipe(
+            "dynamic-per-channel-matmul",
+            {
+                "tool": "optimum ORTQuantizer",
+                "mode": "dynamic",
+                "per_channel": True,
+                "operators": ["MatMul"],
+                "config": "avx512_vnni",
+            },
+            _quantize(operators=["MatMul"]),
+        ),
+        Recipe(
+            "dynamic-per-channel-matmul-fp32-head",
+            {
+                "tool": "optimum ORTQuantizer",
+                "mode": "dynamic",
+                "per_channel": True,
+                "operators": ["MatMul"],
+                "excluded": "pooler+classifier",
+                "config": "avx512_vnni",
+            },
+            _quantize(operators=["MatMul"], exclude_head=True),
+        ),
+    ],
+}
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterable[None]:
+    """optimum and transformers log at INFO/WARNING for routine steps; keep the export readable."""
+    from transformers.utils import logging as hf_logging
+
+    previous = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(previous)
+
+
+# --------------------------------------------------------------------------- export
+
+
+@dataclass
+class _VariantOutcome:
+    name: str
+    graph: Path | None = None
+    spec: VariantSpec | None = None
+    scores: np.ndarray | None = None
+    attempts: list[dict[str, Any]] = field(default_factory=list)
+
+
+def _check_student_dir(model_dir: Path) -> dict[str, Any]:
+    config_path = model_dir / "config.json"
+    if not config_path.is_file():
+        raise ExportError(f"{config_path}: not a saved HF model directory")
+    config = json.loads(config_path.read_text(encoding="utf-8"))
+    num_labels = len(config.get("id2label", {})) or config.get("num_labels")
+    if num_labels != 1:
+        raise ExportError(f"{config_path}: student must have num_labels=1, got {num_labels}")
+    if not (model_dir / "tokenizer.json").is_file():
+        raise ExportError(f"{model_dir}: tokenizer.json is missing (save a fast tokenizer)")
+    return config
+
+
+def _versions() -> dict[str, str]:
+    versions = {}
+    for dist in ("optimum", "optimum-onnx", "onnxruntime", "onnx", "torch", "transformers"):
+        with contextlib.suppress(metadata.PackageNotFoundError):
+            versions[dist] = metadata.version(dist)
+    return versions
+
+
+def export_package(
+    model_dir: str | Path,
+    out_dir: str | Path,
+    *,
+    name: str,
+    version: str,
+    max_length: int,
+    variants: Sequence[str] = VARIANT_NAMES,
+    validation_pairs: Sequence[ValidationPair] | None = None,
+    extra_manifest: Mapping[str, Any] | None = None,
+) -> Path:
+    """Export a saved ``BertForSequenceClassification`` (num_labels=1) to a model package.
+
+    ``out_dir`` is the package directory itself (``models/<name>``); an existing package
+    there is replaced as a whole. ``validation_pairs`` are ``(query_id, query, text,
+    grade)``; without them the FP32 check runs on a few built-in pairs and the FP16/INT8
+    ranking checks are skipped (recorded as such in the manifest). ``extra_manifest``
+    sets further manifest keys (``backbone``, ``evaluation``, ``provenance``, ``score``).
+    Returns ``out_dir``.
+    """
+    model_dir, out_dir = Path(model_dir), Path(out_dir)
+    unknown = set(variants) - set(VARIANT_NAMES)
+    if unknown or not variants:
+        raise ExportError(f"variants must be a non-empty subset of {VARIANT_NAMES}, got {variants}")
+    hf_config = _check_student_dir(model_dir)
+    pairs = list(validation_pairs) if validation_pairs else list(SMOKE_PAIRS)
+    ranking_checked = bool(validation_pairs)
+    text_pairs = [(p[1], p[2]) for p in pairs]
+    query_ids = [p[0] for p in pairs]
+    grades = [float(p[3]) for p in pairs]
+    tokenizer_path = model_dir / "tokenizer.json"
+
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=f".{out_dir.name}-export-", dir=out_dir.parent) as tmp:
+        work = Path(tmp)
+        export_dir = work / "export"
+        _main_export(model_dir, export_dir)
+
+        reference = torch_scores(model_dir, tokenizer_path, max_length, text_pairs)
+        outcomes: dict[str, _VariantOutcome] = {}
+        # FP32 is always built: it is the reference of the FP16/INT8 ranking checks.
+        for variant in ["fp32", *(v for v in ("fp16", "int8") if v in variants)]:
+            providers = _fp16_providers() if variant == "fp16" else ["CPUExecutionProvider"]
+            outcome = _VariantOutcome(variant)
+            for i, recipe in enumerate(RECIPES[variant]):
+                graph = _try_recipe(recipe, export_dir, work / f"{variant}-{i}", outcome)
+                if graph is None:
+                    continue
+                try:
+                    scores = onnx_scores(graph, tokenizer_path, max_length, text_pairs, providers)
+                except Exception as exc:  # a graph that does not load is a failed candidate
+                    outcome.attempts.append({"recipe": recipe.label, "error": f"run: {exc}"})
+                    continue
+                if variant == "fp32":
+                    result = check_fp32_parity(reference, scores)
+                elif ranking_checked:
+                    result = check_ranking_parity(
+                        query_ids, grades, outcomes["fp32"].scores, scores
+                    )
+                else:
+                    result = ParityResult(
+                        True, {"status": "skipped", "reason": "no validation pairs"}
+                    )
+                parity = {**result.numbers, "provider": providers[0]}
+                if variant == "fp16" and providers[0] == "CPUExecutionProvider":
+                    parity["note"] = (
+                        "no CUDA EP on the export machine; FP16 parity ran on the CPU EP"
+                    )
+                if not ranking_checked and variant == "fp32":
+                    parity["pairs_source"] = "built-in smoke pairs"
+                outcome.attempts.append(
+                    {"recipe": recipe.label, "passed": result.passed, "reason": result.reason}
+                )
+                if result.passed:
+                    outcome.graph, outcome.scores = graph, scores
+                    outcome.spec = VariantSpec(
+                        file=GRAPH_FILES[variant],
+                        precision=variant,  # type: ignore[arg-type]
+                        providers=VARIANT_PROVIDERS[variant],
+                        parity=parity,
+                        build={**recipe.build, "recipe": recipe.label},
+                    )
+                    break
+                logger.warning(
+                    "%s recipe %s failed parity: %s", variant, recipe.label, result.reason
+                )
+            outcomes[variant] = outcome
+            if outcome.spec is None:
+                if variant == "fp32":
+                    raise ExportError(f"no FP32 graph passed parity: {outcome.attempts}")
+                logger.error("%s variant not written: %s", variant, outcome.attempts)
+            else:
+                logger.info("%s variant: %s", variant, outcome.spec.parity)
+
+        package = work / "package"
+        package.mkdir()
+        for file_name in TOKENIZER_FILES:
+            if (model_dir / file_name).is_file():
+                shutil.copy2(model_dir / file_name, package / file_name)
+        written = {v: o for v, o in outcomes.items() if o.spec is not None and v in variants}
+        for variant, outcome in written.items():
+            shutil.copy2(outcome.graph, package / GRAPH_FILES[variant])  # type: ignore[arg-type]
+        if not written:
+            raise ExportError(f"no requested variant passed parity: {_attempts(outcomes)}")
+
+        manifest = _build_manifest(
+            package,
+            name=name,
+            version=version,
+            max_length=max_length,
+            hf_config=hf_config,
+            variants={v: o.spec for v, o in written.items()},  # type: ignore[misc]
+            rejected={
+                v: o.attempts for v, o in outcomes.items() if o.spec is None and v in variants
+            },
+            extra=dict(extra_manifest or {}),
+        )
+        write_manifest(package, manifest)
+        _replace_dir(package, out_dir, work / "previous")
+    return out_dir
+
+
+def _attempts(outcomes: Mapping[str, _VariantOutcome]) -> dict[str, list[dict[str, Any]]]:
+    return {v: o.attempts for v, o in outcomes.items()}
+
+
+def _main_export(model_dir: Path, export_dir: Path) -> None:
+    from optimum.exporters.onnx import main_export
+
+    # Dynamic batch_size/sequence_length axes are optimum's default for this task;
+    # our own parity check replaces optimum's validation.
+    with _quiet():
+        main_export(
+            str(model_dir),
+            export_dir,
+            task="text-classification",
+            library_name="transformers",
+            device="cpu",
+            do_validation=False,
+            local_files_only=True,
+        )
+
+
+def _try_recipe(
+    recipe: Recipe, export_dir: Path, work_dir: Path, outcome: _VariantOutcome
+) -> Path | None:
+    try:
+        return recipe.make(export_dir, work_dir)
+    except Exception as exc:  # one recipe failing must not stop the others
+        logger.warning("%s recipe %s failed to build: %s", outcome.name, recipe.label, exc)
+        outcome.attempts.append({"recipe": recipe.label, "error": f"build: {exc}"})
+        return None
+
+
+def _build_manifest(
+    package: Path,
+    *,
+    name: str,
+    version: str,
+    max_length: int,
+    hf_config: Mapping[str, Any],
+    variants: Mapping[str, VariantSpec],
+    rejected: Mapping[str, list[dict[str, Any]]],
+    extra: dict[str, Any],
+) -> Manifest:
+    files = {
+        p.relative_to(package).as_posix(): sha256_file(p)
+        for p in sorted(package.rglob("*"))
+        if p.is_file() and p.name != MANIFEST_NAME
+    }
+    provenance = dict(extra.pop("provenance", {}))
+    provenance["export"] = {
+        "exported_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "tools": _versions(),
+        "machine": {"platform": platform.platform(), "processor": platform.processor()},
+        "rejected": dict(rejected),
+    }
+    fields: dict[str, Any] = {
+        "name": name,
+        "version": version,
+        "backbone": hf_config.get("_name_or_path") or hf_config.get("model_type", "bert"),
+        "max_length": max_length,
+        "score": ScoreSpec(),
+        "variants": dict(variants),
+        "files": files,
+        "provenance": provenance,
+        **extra,
+    }
+    return Manifest.model_validate(fields)
+
+
+def _replace_dir(new: Path, target: Path, backup: Path) -> None:
+    """Swap ``new`` in for ``target`` so readers never see a half-written package."""
+    if target.exists():
+        target.rename(backup)
+    new.rename(target)
