@@ -12,11 +12,12 @@ Steps (all through optimum, never a hand-written ``torch.onnx.export``):
    - ``fp16`` (for the CUDA EP): ORTOptimizer O2 with ``optimize_for_gpu`` and
      ``fp16`` (which uses onnxruntime.transformers' ``convert_float_to_float16`` with
      ``keep_io_types=True``, so inputs stay int64 and logits stay float32), then the
-     plain onnxruntime.transformers conversion of the FP32 graph. onnxconverter-common's
+     onnxruntime.transformers conversion of the plain export. onnxconverter-common's
      ``keep_io_types`` is avoided: its graph fails to load (see TOOLCHAIN.md).
    - ``int8`` (for the CPU EP): ORTQuantizer dynamic quantization, per-channel on all
-     quantizable operators, then per-channel on MatMul only, then MatMul only with the
-     pooler and classifier head left in FP32.
+     quantizable operators, then per-channel on MatMul only (embeddings, pooler and
+     classifier, which are Gather/Gemm, stay FP32), then MatMul only with the
+     feed-forward output projections left in FP32 too.
 
    Gate for fp16/int8 (against the chosen FP32 graph, on the validation queries):
    pairwise accuracy drops by at most 0.005 and the mean per-query Kendall tau is at
@@ -39,6 +40,7 @@ import math
 import platform
 import shutil
 import tempfile
+import warnings
 from collections import defaultdict
 from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -257,8 +259,15 @@ def onnx_scores(
     """Scores of an ONNX graph on ``(query, text)`` pairs, run as the service runs it."""
     import onnxruntime as ort
 
-    tokenizer = load_tokenizer(tokenizer_path, max_length)
     session = ort.InferenceSession(str(graph_path), providers=list(providers))
+    return session_scores(session, tokenizer_path, max_length, pairs)
+
+
+def session_scores(
+    session: Any, tokenizer_path: str | Path, max_length: int, pairs: Sequence[tuple]
+) -> np.ndarray:
+    """Scores from an open ``onnxruntime.InferenceSession`` (batches of 32, padded to longest)."""
+    tokenizer = load_tokenizer(tokenizer_path, max_length)
     input_names = {i.name for i in session.get_inputs()}
     queries, texts = [p[0] for p in pairs], [p[1] for p in pairs]
     out = []
@@ -321,13 +330,13 @@ def _fp16_convert(export_dir: Path, work_dir: Path) -> Path:
 
 
 def _quantize(
-    *, operators: list[str] | None = None, exclude_head: bool = False
+    *, operators: list[str] | None = None, exclude_ffn_output: bool = False
 ) -> Callable[[Path, Path], Path]:
     def make(export_dir: Path, work_dir: Path) -> Path:
         from optimum.onnxruntime import ORTQuantizer
         from optimum.onnxruntime.configuration import AutoQuantizationConfig
 
-        excluded = _head_nodes(export_dir / "model.onnx") if exclude_head else None
+        excluded = _ffn_output_nodes(export_dir / "model.onnx") if exclude_ffn_output else None
         # Dynamic (no calibration set), per-channel: per-tensor INT8 reordered rankings
         # badly on this model (TOOLCHAIN.md). The target CPUs have AVX-512 VNNI.
         config = AutoQuantizationConfig.avx512_vnni(
@@ -344,12 +353,20 @@ def _quantize(
     return make
 
 
-def _head_nodes(graph_path: Path) -> list[str]:
-    """Nodes of the pooler and classifier: the last, small layers the score is most sensitive to."""
+def _ffn_output_nodes(graph_path: Path) -> list[str]:
+    """The feed-forward output projections (``layer.N/output/dense``).
+
+    Their inputs (after GELU) carry the activation outliers that hurt BERT INT8 most
+    (Bondarenko et al., 2021), so keeping them in FP32 is the cheapest accuracy repair.
+    """
     import onnx
 
     graph = onnx.load(str(graph_path), load_external_data=False).graph
-    return [n.name for n in graph.node if "/pooler/" in n.name or "/classifier/" in n.name]
+    return [
+        n.name
+        for n in graph.node
+        if n.op_type == "MatMul" and "/output/dense/" in n.name and "/attention/" not in n.name
+    ]
 
 
 RECIPES: dict[str, list[Recipe]] = {
@@ -404,16 +421,16 @@ RECIPES: dict[str, list[Recipe]] = {
             _quantize(operators=["MatMul"]),
         ),
         Recipe(
-            "dynamic-per-channel-matmul-fp32-head",
+            "dynamic-per-channel-matmul-fp32-ffn-output",
             {
                 "tool": "optimum ORTQuantizer",
                 "mode": "dynamic",
                 "per_channel": True,
                 "operators": ["MatMul"],
-                "excluded": "pooler+classifier",
+                "excluded": "feed-forward output MatMuls",
                 "config": "avx512_vnni",
             },
-            _quantize(operators=["MatMul"], exclude_head=True),
+            _quantize(operators=["MatMul"], exclude_ffn_output=True),
         ),
     ],
 }
@@ -444,6 +461,19 @@ class _VariantOutcome:
     attempts: list[dict[str, Any]] = field(default_factory=list)
 
 
+@dataclass(frozen=True)
+class _ParityData:
+    """The pairs every candidate graph is scored on, and the scores it is judged against."""
+
+    tokenizer_path: Path
+    max_length: int
+    text_pairs: list[tuple[str, str]]
+    query_ids: list[Hashable]
+    grades: list[float]
+    ranking_checked: bool
+    torch_scores: np.ndarray
+
+
 def _check_student_dir(model_dir: Path) -> dict[str, Any]:
     config_path = model_dir / "config.json"
     if not config_path.is_file():
@@ -463,6 +493,14 @@ def _versions() -> dict[str, str]:
         with contextlib.suppress(metadata.PackageNotFoundError):
             versions[dist] = metadata.version(dist)
     return versions
+
+
+def _cpu_model() -> str:
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
 
 
 def export_package(
@@ -491,11 +529,17 @@ def export_package(
         raise ExportError(f"variants must be a non-empty subset of {VARIANT_NAMES}, got {variants}")
     hf_config = _check_student_dir(model_dir)
     pairs = list(validation_pairs) if validation_pairs else list(SMOKE_PAIRS)
-    ranking_checked = bool(validation_pairs)
     text_pairs = [(p[1], p[2]) for p in pairs]
-    query_ids = [p[0] for p in pairs]
-    grades = [float(p[3]) for p in pairs]
     tokenizer_path = model_dir / "tokenizer.json"
+    data = _ParityData(
+        tokenizer_path=tokenizer_path,
+        max_length=max_length,
+        text_pairs=text_pairs,
+        query_ids=[p[0] for p in pairs],
+        grades=[float(p[3]) for p in pairs],
+        ranking_checked=bool(validation_pairs),
+        torch_scores=torch_scores(model_dir, tokenizer_path, max_length, text_pairs),
+    )
 
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=f".{out_dir.name}-export-", dir=out_dir.parent) as tmp:
@@ -503,73 +547,28 @@ def export_package(
         export_dir = work / "export"
         _main_export(model_dir, export_dir)
 
-        reference = torch_scores(model_dir, tokenizer_path, max_length, text_pairs)
-        outcomes: dict[str, _VariantOutcome] = {}
         # FP32 is always built: it is the reference of the FP16/INT8 ranking checks.
-        for variant in ["fp32", *(v for v in ("fp16", "int8") if v in variants)]:
-            providers = _fp16_providers() if variant == "fp16" else ["CPUExecutionProvider"]
-            outcome = _VariantOutcome(variant)
-            for i, recipe in enumerate(RECIPES[variant]):
-                graph = _try_recipe(recipe, export_dir, work / f"{variant}-{i}", outcome)
-                if graph is None:
-                    continue
-                try:
-                    scores = onnx_scores(graph, tokenizer_path, max_length, text_pairs, providers)
-                except Exception as exc:  # a graph that does not load is a failed candidate
-                    outcome.attempts.append({"recipe": recipe.label, "error": f"run: {exc}"})
-                    continue
-                if variant == "fp32":
-                    result = check_fp32_parity(reference, scores)
-                elif ranking_checked:
-                    result = check_ranking_parity(
-                        query_ids, grades, outcomes["fp32"].scores, scores
-                    )
-                else:
-                    result = ParityResult(
-                        True, {"status": "skipped", "reason": "no validation pairs"}
-                    )
-                parity = {**result.numbers, "provider": providers[0]}
-                if variant == "fp16" and providers[0] == "CPUExecutionProvider":
-                    parity["note"] = (
-                        "no CUDA EP on the export machine; FP16 parity ran on the CPU EP"
-                    )
-                if not ranking_checked and variant == "fp32":
-                    parity["pairs_source"] = "built-in smoke pairs"
-                outcome.attempts.append(
-                    {"recipe": recipe.label, "passed": result.passed, "reason": result.reason}
+        fp32 = _build_variant("fp32", export_dir, work, data, reference=None)
+        if fp32.spec is None:
+            raise ExportError(f"no FP32 graph passed parity: {fp32.attempts}")
+        outcomes = {"fp32": fp32}
+        for variant in ("fp16", "int8"):
+            if variant in variants:
+                outcomes[variant] = _build_variant(
+                    variant, export_dir, work, data, reference=fp32.scores
                 )
-                if result.passed:
-                    outcome.graph, outcome.scores = graph, scores
-                    outcome.spec = VariantSpec(
-                        file=GRAPH_FILES[variant],
-                        precision=variant,  # type: ignore[arg-type]
-                        providers=VARIANT_PROVIDERS[variant],
-                        parity=parity,
-                        build={**recipe.build, "recipe": recipe.label},
-                    )
-                    break
-                logger.warning(
-                    "%s recipe %s failed parity: %s", variant, recipe.label, result.reason
-                )
-            outcomes[variant] = outcome
-            if outcome.spec is None:
-                if variant == "fp32":
-                    raise ExportError(f"no FP32 graph passed parity: {outcome.attempts}")
-                logger.error("%s variant not written: %s", variant, outcome.attempts)
-            else:
-                logger.info("%s variant: %s", variant, outcome.spec.parity)
+        written = {v: o for v, o in outcomes.items() if o.spec is not None and v in variants}
+        rejected = {v: o.attempts for v, o in outcomes.items() if o.spec is None}
+        if not written:
+            raise ExportError(f"no requested variant passed parity: {rejected}")
 
         package = work / "package"
         package.mkdir()
         for file_name in TOKENIZER_FILES:
             if (model_dir / file_name).is_file():
                 shutil.copy2(model_dir / file_name, package / file_name)
-        written = {v: o for v, o in outcomes.items() if o.spec is not None and v in variants}
         for variant, outcome in written.items():
             shutil.copy2(outcome.graph, package / GRAPH_FILES[variant])  # type: ignore[arg-type]
-        if not written:
-            raise ExportError(f"no requested variant passed parity: {_attempts(outcomes)}")
-
         manifest = _build_manifest(
             package,
             name=name,
@@ -577,9 +576,7 @@ def export_package(
             max_length=max_length,
             hf_config=hf_config,
             variants={v: o.spec for v, o in written.items()},  # type: ignore[misc]
-            rejected={
-                v: o.attempts for v, o in outcomes.items() if o.spec is None and v in variants
-            },
+            rejected=rejected,
             extra=dict(extra_manifest or {}),
         )
         write_manifest(package, manifest)
@@ -587,8 +584,68 @@ def export_package(
     return out_dir
 
 
-def _attempts(outcomes: Mapping[str, _VariantOutcome]) -> dict[str, list[dict[str, Any]]]:
-    return {v: o.attempts for v, o in outcomes.items()}
+def _build_variant(
+    variant: str,
+    export_dir: Path,
+    work: Path,
+    data: _ParityData,
+    *,
+    reference: np.ndarray | None,
+) -> _VariantOutcome:
+    """Try the variant's recipes in order; keep the first graph that passes its parity gate."""
+    providers = _fp16_providers() if variant == "fp16" else ["CPUExecutionProvider"]
+    outcome = _VariantOutcome(variant)
+    for i, recipe in enumerate(RECIPES[variant]):
+        graph = _try_recipe(recipe, export_dir, work / f"{variant}-{i}", outcome)
+        if graph is None:
+            continue
+        try:
+            scores, provider = _score_graph(graph, data, providers)
+        except Exception as exc:  # a graph that does not load is a failed candidate
+            logger.warning("%s recipe %s failed to run: %s", variant, recipe.label, exc)
+            outcome.attempts.append({"recipe": recipe.label, "error": f"run: {exc}"})
+            continue
+        if reference is None:
+            result = check_fp32_parity(data.torch_scores, scores)
+        elif data.ranking_checked:
+            result = check_ranking_parity(data.query_ids, data.grades, reference, scores)
+        else:
+            result = ParityResult(True, {"status": "skipped", "reason": "no validation pairs"})
+        parity = {**result.numbers, "provider": provider}
+        if not data.ranking_checked and reference is None:
+            parity["pairs_source"] = "built-in smoke pairs"
+        if variant == "fp16" and provider != "CUDAExecutionProvider":
+            parity["note"] = "no CUDA EP on the export machine: FP16 parity ran on the CPU EP"
+        if not result.passed:
+            logger.warning("%s recipe %s failed parity: %s", variant, recipe.label, result.reason)
+            outcome.attempts.append({"recipe": recipe.label, "reason": result.reason, **parity})
+            continue
+        build = {**recipe.build, "recipe": recipe.label}
+        if outcome.attempts:
+            build["rejected_recipes"] = outcome.attempts
+        outcome.graph, outcome.scores = graph, scores
+        outcome.spec = VariantSpec(
+            file=GRAPH_FILES[variant],
+            precision=variant,  # type: ignore[arg-type]
+            providers=VARIANT_PROVIDERS[variant],
+            parity=parity,
+            build=build,
+        )
+        logger.info("%s variant from %s: %s", variant, recipe.label, parity)
+        return outcome
+    logger.error("%s variant not written, every recipe failed: %s", variant, outcome.attempts)
+    return outcome
+
+
+def _score_graph(
+    graph: Path, data: _ParityData, providers: Sequence[str]
+) -> tuple[np.ndarray, str]:
+    """Scores of a candidate graph and the provider that actually ran it."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(graph), providers=list(providers))
+    scores = session_scores(session, data.tokenizer_path, data.max_length, data.text_pairs)
+    return scores, session.get_providers()[0]
 
 
 def _main_export(model_dir: Path, export_dir: Path) -> None:
@@ -596,7 +653,9 @@ def _main_export(model_dir: Path, export_dir: Path) -> None:
 
     # Dynamic batch_size/sequence_length axes are optimum's default for this task;
     # our own parity check replaces optimum's validation.
-    with _quiet():
+    # The tracer warns about constants in transformers' mask code, harmless for a fixed graph.
+    with _quiet(), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*results are registered as constants.*")
         main_export(
             str(model_dir),
             export_dir,
@@ -639,7 +698,7 @@ def _build_manifest(
     provenance["export"] = {
         "exported_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "tools": _versions(),
-        "machine": {"platform": platform.platform(), "processor": platform.processor()},
+        "machine": {"platform": platform.platform(), "cpu": _cpu_model()},
         "rejected": dict(rejected),
     }
     fields: dict[str, Any] = {
