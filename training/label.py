@@ -1,0 +1,90 @@
+"""Teacher labels for unlabeled pairs, cached on disk and resumable.
+
+A label file lives at ``<labels_dir>/<teacher_id>/<data_version>.csv``: the teacher id
+changes with the adapter or base weights, the data version with the data file and the
+augmentation config, so a changed teacher or data set never reuses stale labels while an
+unchanged re-run costs nothing. Rows are appended and flushed in small chunks, so a run
+killed at any point resumes where it stopped. These files are small and committed.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from tqdm import tqdm
+
+LABEL_COLUMNS = ("query_key", "product_id", "teacher_score", "p_irrelevant", "p_partial", "p_exact")
+
+
+def data_version(data_sha256: str, augment_version: str) -> str:
+    """Identity of an augmentation set: the source data file and the augmentation config."""
+    return hashlib.sha256(f"{data_sha256}:{augment_version}".encode()).hexdigest()[:12]
+
+
+def label_path(labels_dir: Path, teacher_id: str, version: str) -> Path:
+    return labels_dir / teacher_id / f"{version}.csv"
+
+
+def read_labels(path: Path) -> pd.DataFrame:
+    """Labels written so far (empty frame when none); a torn last line is ignored."""
+    if not path.is_file():
+        return pd.DataFrame(columns=list(LABEL_COLUMNS))
+    frame = pd.read_csv(path, dtype={"query_key": str, "product_id": str}, on_bad_lines="skip")
+    frame = frame.dropna(subset=["teacher_score"])
+    return frame.drop_duplicates(["query_key", "product_id"], keep="last").reset_index(drop=True)
+
+
+def label_pairs(
+    predict_proba: Callable[[list[str], list[str]], np.ndarray],
+    pairs: pd.DataFrame,
+    path: Path,
+    limit: int | None = None,
+    chunk_size: int = 64,
+    max_seconds: float | None = None,
+) -> pd.DataFrame:
+    """Label the first ``limit`` pairs (in the set's order) that have no cached label yet.
+
+    ``predict_proba(queries, titles)`` returns class probabilities of shape (n, 3).
+    Returns every cached label for the first ``limit`` pairs.
+    """
+    wanted = pairs if limit is None else pairs.iloc[:limit]
+    done = read_labels(path)
+    done_keys = set(zip(done["query_key"], done["product_id"], strict=True))
+    todo = wanted[
+        [
+            (k, p) not in done_keys
+            for k, p in zip(wanted["query_key"], wanted["product_id"], strict=True)
+        ]
+    ]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    new_file = not path.is_file() or path.stat().st_size == 0
+    started = time.monotonic()
+    with (
+        open(path, "a", newline="") as handle,
+        tqdm(total=len(todo), desc="teacher labeling", unit="pair") as bar,
+    ):
+        writer = csv.writer(handle)
+        if new_file:
+            writer.writerow(LABEL_COLUMNS)
+        for start in range(0, len(todo), chunk_size):
+            chunk = todo.iloc[start : start + chunk_size]
+            probabilities = predict_proba(chunk["query"].tolist(), chunk["title"].tolist())
+            scores = probabilities @ np.array([0.0, 0.5, 1.0])
+            for key, pid, score, probs in zip(
+                chunk["query_key"], chunk["product_id"], scores, probabilities, strict=True
+            ):
+                writer.writerow([key, pid, f"{score:.6f}", *(f"{p:.6f}" for p in probs)])
+            handle.flush()
+            bar.update(len(chunk))
+            if max_seconds is not None and time.monotonic() - started > max_seconds:
+                break
+    labels = read_labels(path)
+    keys = set(zip(wanted["query_key"], wanted["product_id"], strict=True))
+    mask = [(k, p) in keys for k, p in zip(labels["query_key"], labels["product_id"], strict=True)]
+    return labels[mask].reset_index(drop=True)
