@@ -96,7 +96,7 @@ def build_augmentation(
     config: AugmentConfig = AugmentConfig(),
     held_out_queries: Iterable[str] = (),
 ) -> pd.DataFrame:
-    """Unlabeled pairs with ``query``, ``query_key``, ``product_id``, ``title``, ``source``, ``group``.
+    """Unlabeled pairs: query, query_key, product_id, title, source and group columns.
 
     ``labeled_all`` (every split) is excluded so that augmentation never duplicates a human
     judgement; generated queries equal to a held-out (validation/test) query are dropped so
