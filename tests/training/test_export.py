@@ -240,3 +240,38 @@ def test_mean_kendall_tau() -> None:
     assert mean_kendall_tau(qids, ref, ref) == pytest.approx(1.0)
     swapped = np.array([0.1, 0.2, 0.3, 0.6, 0.5, 0.9])
     assert mean_kendall_tau(qids, ref, swapped) == pytest.approx(0.0)  # (1 + -1) / 2
+
+
+def test_run_export_stage(tiny_student_dir: Path, tmp_path: Path) -> None:
+    import pandas as pd
+
+    frame = pd.DataFrame(
+        {
+            "query_key": [v[0] for v in VALIDATION],
+            "query": [v[1] for v in VALIDATION],
+            "title": [v[2] for v in VALIDATION],
+            "grade": [v[3] for v in VALIDATION],
+        }
+    )
+    pairs = export.validation_pairs_from_frame(frame)
+    assert pairs[0] == VALIDATION[0]
+    with pytest.raises(ExportError, match="max_length is unknown"):
+        export.run_export(tiny_student_dir, tmp_path / "x", pairs, {}, {})
+
+    out = export.run_export(
+        tiny_student_dir,
+        tmp_path / "minilm-test",
+        pairs,
+        {"student": {"pairwise_accuracy": 0.7}},
+        {"train_config": {"max_length": MAX_LENGTH}, "teacher": "fake"},
+        variants=("fp32",),
+    )
+    manifest = load_package(out).manifest
+    assert manifest.name == "minilm-test"
+    assert manifest.max_length == MAX_LENGTH
+    assert manifest.backbone == export.DEFAULT_BACKBONE
+    assert "+" in manifest.version  # <date>+<weights sha256 prefix>
+    assert manifest.evaluation == {"student": {"pairwise_accuracy": 0.7}}
+    assert manifest.provenance["teacher"] == "fake"
+    summary = export.summarize(out)
+    assert "fp32: model.fp32.onnx" in summary and "max|diff| vs torch" in summary
