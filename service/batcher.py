@@ -1,0 +1,458 @@
+"""Dynamic micro-batcher: pairs from concurrent requests share inference batches.
+
+Pipeline (all bounded):
+
+1. ``reserve(n)`` admits a request's pairs against ``max_queue_pairs`` or fails fast
+   with :class:`~service.errors.Overloaded` (429); the caller tokenizes only after that.
+2. ``score(pairs, deadline)`` appends the tokenized pairs to the pending queue and
+   awaits one future per request.
+3. The batching task packs pending pairs into a batch of at most ``max_batch_size``
+   pairs and ``max_batch_tokens`` padded tokens. It runs a batch as soon as one is full;
+   a partial batch runs once its oldest pair has waited ``max_wait_ms`` *and* the model
+   is idle (while the model is busy, waiting longer costs nothing and fills the batch).
+   Packing is length-aware: within a window of the oldest pairs, the batch is grown
+   around the oldest pair (so nothing starves) by the neighbours in length order that
+   add the least padding. Cancelled pairs and pairs past their deadline are skipped.
+4. The batch is padded (``collate``) on a preparation thread while the previous batch
+   is still in the model, then handed over through a one-slot queue.
+5. One inference thread runs the model; ONNX Runtime releases the GIL, so the event
+   loop and the tokenizer keep working. Results resolve the requests' futures.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import time
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from service.errors import DeadlineExceeded, InferenceFailed, NotReady, Overloaded, PayloadTooLarge
+from service.features import EncodedPair, collate
+from service.metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+RunBatch = Callable[[dict[str, np.ndarray]], np.ndarray]
+"""Blocking model call: padded int64 inputs → one float logit per row."""
+
+
+@dataclass(frozen=True)
+class BatcherConfig:
+    """Batching limits; plain values unpacked from the settings."""
+
+    max_batch_size: int = 64
+    max_batch_tokens: int = 16384
+    max_wait_ms: float = 2.0
+    max_queue_pairs: int = 4096
+    # Packing looks at this many batches' worth of the oldest pairs.
+    window_batches: int = 4
+
+
+@dataclass(frozen=True)
+class BatchResult:
+    """A request's logits in input order and where its time went."""
+
+    logits: np.ndarray
+    queue_s: float
+    inference_s: float
+    batches: int
+
+
+@dataclass(eq=False)
+class _Request:
+    logits: np.ndarray
+    remaining: int
+    future: asyncio.Future[BatchResult]
+    deadline: float
+    enqueued_at: float
+    queue_s: float = 0.0
+    inference_s: float = 0.0
+    batches: int = 0
+
+
+@dataclass(eq=False, slots=True)
+class _Pending:
+    request: _Request
+    index: int
+    pair: EncodedPair
+    length: int
+
+
+@dataclass(eq=False)
+class _Batch:
+    items: list[_Pending]
+    inputs: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+class MicroBatcher:
+    """Packs pairs from concurrent requests into batches for a single inference thread."""
+
+    def __init__(
+        self,
+        run_batch: RunBatch,
+        config: BatcherConfig | None = None,
+        metrics: Metrics | None = None,
+    ) -> None:
+        self._run_batch = run_batch
+        self.config = config or BatcherConfig()
+        self._metrics = metrics
+        self._pending: deque[_Pending] = deque()
+        self._pending_pairs = 0
+        self._reserved_pairs = 0
+        self._wakeup = asyncio.Event()
+        self._ready: asyncio.Queue[_Batch | None] = asyncio.Queue(maxsize=1)
+        self._model_busy = False
+        self._closing = False
+        self._tasks: list[asyncio.Task[None]] = []
+        self._prepare_pool: ThreadPoolExecutor | None = None
+        self._infer_pool: ThreadPoolExecutor | None = None
+        # Recent throughput in pairs/s, for the Retry-After estimate.
+        self._pairs_per_s = 0.0
+
+    # ------------------------------------------------------------------ lifecycle
+    async def start(self) -> None:
+        """Start the batching and inference tasks on the running loop."""
+        if self._tasks:
+            return
+        self._prepare_pool = ThreadPoolExecutor(1, thread_name_prefix="relevance-prepare")
+        self._infer_pool = ThreadPoolExecutor(1, thread_name_prefix="relevance-infer")
+        self._tasks = [
+            asyncio.create_task(self._batch_loop(), name="relevance-batcher"),
+            asyncio.create_task(self._infer_loop(), name="relevance-inference"),
+        ]
+
+    async def stop(self, timeout_s: float = 30.0) -> None:
+        """Stop admitting, finish every pending pair (up to ``timeout_s``), then stop."""
+        self._closing = True
+        self._wakeup.set()
+        if self._tasks:
+            done, not_done = await asyncio.wait(self._tasks, timeout=timeout_s)
+            for task in not_done:
+                task.cancel()
+            for task in done:
+                if not task.cancelled() and task.exception() is not None:
+                    log.error("batcher task failed", exc_info=task.exception())
+            if not_done:
+                log.warning("shutdown timeout: failing %d unfinished pairs", self._pending_pairs)
+                await asyncio.gather(*not_done, return_exceptions=True)
+        self._fail_all(NotReady("the server is shutting down"))
+        for pool in (self._prepare_pool, self._infer_pool):
+            if pool is not None:
+                pool.shutdown(wait=False, cancel_futures=True)
+        self._tasks = []
+
+    @property
+    def closing(self) -> bool:
+        return self._closing
+
+    @property
+    def pending_pairs(self) -> int:
+        """Pairs waiting to be batched (skipped ones included until they are reached)."""
+        return self._pending_pairs
+
+    @property
+    def reserved_pairs(self) -> int:
+        """Pairs admitted and not yet answered."""
+        return self._reserved_pairs
+
+    # ------------------------------------------------------------------ admission
+    @contextlib.contextmanager
+    def reserve(self, n_pairs: int) -> Iterator[None]:
+        """Hold ``n_pairs`` of queue capacity for one request, or fail fast."""
+        if self._closing:
+            raise NotReady("the server is shutting down")
+        capacity = self.config.max_queue_pairs
+        if n_pairs > capacity:
+            raise PayloadTooLarge(
+                f"items: {n_pairs} items exceed the queue capacity of {capacity} pairs",
+                field="items",
+            )
+        if self._reserved_pairs + n_pairs > capacity:
+            raise Overloaded(
+                f"queue full ({self._reserved_pairs} of {capacity} pairs in flight); retry later",
+                retry_after_s=self._retry_after_s(),
+            )
+        self._reserved_pairs += n_pairs
+        self._gauge_inflight()
+        try:
+            yield
+        finally:
+            self._reserved_pairs -= n_pairs
+            self._gauge_inflight()
+
+    def _retry_after_s(self) -> int:
+        if self._pairs_per_s <= 0:
+            return 1
+        return int(min(60, max(1, math.ceil(self._reserved_pairs / self._pairs_per_s))))
+
+    # ------------------------------------------------------------------ scoring
+    async def score(self, pairs: Sequence[EncodedPair], deadline: float) -> BatchResult:
+        """Queue tokenized pairs and wait for their logits (in input order).
+
+        ``deadline`` is a ``time.monotonic()`` instant; past it the request fails with
+        :class:`DeadlineExceeded` and its pairs still queued are skipped.
+        """
+        if self._closing:
+            raise NotReady("the server is shutting down")
+        if not pairs:
+            raise ValueError("score needs at least one pair")
+        loop = asyncio.get_running_loop()
+        now = time.monotonic()
+        if deadline <= now:
+            raise DeadlineExceeded("deadline_ms: the deadline passed before scoring started")
+        request = _Request(
+            logits=np.empty(len(pairs), dtype=np.float32),
+            remaining=len(pairs),
+            future=loop.create_future(),
+            deadline=deadline,
+            enqueued_at=now,
+        )
+        self._pending.extend(_Pending(request, i, p, len(p)) for i, p in enumerate(pairs))
+        self._pending_pairs += len(pairs)
+        self._gauge_queue()
+        self._wakeup.set()
+        try:
+            # wait_for cancels the future on timeout, which is how queued pairs learn to skip.
+            return await asyncio.wait_for(request.future, timeout=deadline - now)
+        except TimeoutError:
+            raise DeadlineExceeded(
+                "deadline_ms: the deadline passed before all items were scored"
+            ) from None
+
+    # ------------------------------------------------------------------ batching task
+    async def _batch_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        max_wait_s = self.config.max_wait_ms / 1000
+        while True:
+            self._wakeup.clear()
+            self._skip_dead_head()
+            if not self._pending:
+                if self._closing:
+                    await self._ready.put(None)  # tells the inference task to finish
+                    return
+                await self._wakeup.wait()
+                continue
+            oldest_wait_s = time.monotonic() - self._pending[0].request.enqueued_at
+            slot_free = self._ready.empty()
+            model_idle = slot_free and not self._model_busy
+            full = (
+                self._pending_pairs >= self.config.max_batch_size
+                or self._pending_tokens_at_least(self.config.max_batch_tokens)
+            )
+            due = model_idle and (oldest_wait_s >= max_wait_s or self._closing)
+            if slot_free and (full or due):
+                items = self._pop_batch()
+                if items:
+                    assert self._prepare_pool is not None
+                    pairs = [it.pair for it in items]
+                    try:
+                        inputs = await loop.run_in_executor(self._prepare_pool, collate, pairs)
+                    except Exception as exc:
+                        log.exception("padding a batch of %d pairs failed", len(items))
+                        _fail(items, InferenceFailed(f"batch preparation failed: {exc}"))
+                        continue
+                    await self._ready.put(_Batch(items, inputs))
+                continue
+            timeout = max(0.0, max_wait_s - oldest_wait_s) if model_idle else None
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wakeup.wait(), timeout)
+
+    def _pending_tokens_at_least(self, budget: int) -> bool:
+        """Whether the head of the queue already fills a token budget (checks few pairs)."""
+        total = 0
+        for item in self._pending:
+            total += item.length
+            if total >= budget:
+                return True
+        return False
+
+    def _is_dead(self, item: _Pending, now: float) -> bool:
+        """Skip pairs whose request was cancelled, already failed, or is past its deadline."""
+        future = item.request.future
+        if future.done():
+            if future.cancelled():
+                self._count_dropped("cancelled")
+            else:
+                expired = isinstance(future.exception(), DeadlineExceeded)
+                self._count_dropped("expired" if expired else "failed")
+            return True
+        if item.request.deadline <= now:
+            future.set_exception(
+                DeadlineExceeded("deadline_ms: the deadline passed while items were queued")
+            )
+            self._count_dropped("expired")
+            return True
+        return False
+
+    def _skip_dead_head(self) -> None:
+        now = time.monotonic()
+        while self._pending and self._is_dead(self._pending[0], now):
+            self._pending.popleft()
+            self._pending_pairs -= 1
+        self._gauge_queue()
+
+    def _pop_batch(self) -> list[_Pending]:
+        """Take the next batch: the oldest pair plus the neighbours in length that pad least."""
+        cfg = self.config
+        now = time.monotonic()
+        window: list[_Pending] = []
+        while self._pending and len(window) < cfg.max_batch_size * cfg.window_batches:
+            item = self._pending.popleft()
+            self._pending_pairs -= 1
+            if not self._is_dead(item, now):
+                window.append(item)
+        if not window:
+            self._gauge_queue()
+            return []
+        # Window positions sorted by length (then age); the batch is a run of this order.
+        order = sorted(range(len(window)), key=lambda i: (window[i].length, i))
+        lo = hi = order.index(0)
+        longest = window[0].length
+        while hi - lo + 1 < cfg.max_batch_size:
+            count = hi - lo + 1
+            options = []
+            if lo > 0:
+                extra = longest - window[order[lo - 1]].length
+                if (count + 1) * longest <= cfg.max_batch_tokens:
+                    options.append((extra, order[lo - 1], "left"))
+            if hi + 1 < len(order):
+                new_longest = window[order[hi + 1]].length
+                if (count + 1) * new_longest <= cfg.max_batch_tokens:
+                    options.append(((new_longest - longest) * count, order[hi + 1], "right"))
+            if not options:
+                break
+            # Least added padding first; on a tie, the older pair.
+            _, _, side = min(options)
+            if side == "left":
+                lo -= 1
+            else:
+                hi += 1
+                longest = window[order[hi]].length
+        chosen = set(order[lo : hi + 1])
+        batch = [window[i] for i in sorted(chosen)]
+        rest = [item for i, item in enumerate(window) if i not in chosen]
+        self._pending.extendleft(reversed(rest))  # back at the head, in their original order
+        self._pending_pairs += len(rest)
+        self._gauge_queue()
+        return batch
+
+    # ------------------------------------------------------------------ inference task
+    async def _infer_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            batch = await self._ready.get()
+            if batch is None:
+                return
+            self._model_busy = True
+            self._wakeup.set()  # the slot is free: the next batch can be prepared meanwhile
+            try:
+                await self._run(loop, batch)
+            except Exception as exc:  # a bug here must fail the batch, never stall the queue
+                log.exception("batch of %d pairs failed", len(batch.items))
+                _fail(batch.items, InferenceFailed(f"inference failed: {type(exc).__name__}"))
+            finally:
+                self._model_busy = False
+                self._wakeup.set()
+
+    async def _run(self, loop: asyncio.AbstractEventLoop, batch: _Batch) -> None:
+        now = time.monotonic()
+        keep = [row for row, it in enumerate(batch.items) if not self._is_dead(it, now)]
+        if not keep:
+            return
+        items = [batch.items[row] for row in keep]
+        inputs = batch.inputs
+        if len(keep) < len(batch.items):
+            # Drop skipped rows and the padding only they needed.
+            longest = max(it.length for it in items)
+            inputs = {name: arr[keep, :longest] for name, arr in inputs.items()}
+        n_pairs, width = inputs["input_ids"].shape
+        started = time.monotonic()
+        assert self._infer_pool is not None
+        try:
+            logits = await loop.run_in_executor(self._infer_pool, self._run_batch, inputs)
+            logits = np.asarray(logits, dtype=np.float32).reshape(-1)
+            if logits.shape != (n_pairs,):
+                raise ValueError(f"model returned {logits.shape[0]} logits for {n_pairs} pairs")
+        except Exception as exc:
+            log.exception("inference failed on a batch of %d pairs", n_pairs)
+            _fail(items, InferenceFailed(f"inference failed: {type(exc).__name__}"))
+            return
+        elapsed = time.monotonic() - started
+        self._observe_batch(items, n_pairs, width, started, elapsed)
+        requests: dict[int, _Request] = {}
+        for it, logit in zip(items, logits, strict=True):
+            request = it.request
+            if request.future.done():  # cancelled or failed while the batch ran
+                continue
+            if id(request) not in requests:
+                requests[id(request)] = request
+                request.batches += 1
+                request.inference_s += elapsed
+                request.queue_s = max(request.queue_s, started - request.enqueued_at)
+            if not math.isfinite(float(logit)):
+                error = InferenceFailed("the model returned a non-finite score")
+                request.future.set_exception(error)
+                continue
+            request.logits[it.index] = logit
+            request.remaining -= 1
+            if request.remaining == 0:
+                result = BatchResult(
+                    request.logits, request.queue_s, request.inference_s, request.batches
+                )
+                request.future.set_result(result)
+
+    def _observe_batch(
+        self, items: list[_Pending], n_pairs: int, width: int, started: float, elapsed: float
+    ) -> None:
+        if elapsed > 0:
+            rate = n_pairs / elapsed
+            old = self._pairs_per_s
+            self._pairs_per_s = rate if old == 0 else 0.8 * old + 0.2 * rate
+        m = self._metrics
+        if m is None:
+            return
+        real = sum(it.length for it in items)
+        total = n_pairs * width
+        m.batch_pairs.observe(n_pairs)
+        m.batch_tokens.observe(total)
+        m.batch_padding_ratio.observe(1 - real / total if total else 0.0)
+        m.tokens.labels(kind="real").inc(real)
+        m.tokens.labels(kind="padding").inc(total - real)
+        m.inference_duration.observe(elapsed)
+        for it in items:
+            m.queue_wait.observe(started - it.request.enqueued_at)
+
+    # ------------------------------------------------------------------ helpers
+    def _fail_all(self, error: Exception) -> None:
+        while self._pending:
+            item = self._pending.popleft()
+            if not item.request.future.done():
+                item.request.future.set_exception(error)
+        self._pending_pairs = 0
+        self._gauge_queue()
+
+    def _count_dropped(self, reason: str) -> None:
+        if self._metrics is not None:
+            self._metrics.dropped_pairs.labels(reason=reason).inc()
+
+    def _gauge_queue(self) -> None:
+        if self._metrics is not None:
+            self._metrics.queue_depth.set(self._pending_pairs)
+
+    def _gauge_inflight(self) -> None:
+        if self._metrics is not None:
+            self._metrics.inflight_pairs.set(self._reserved_pairs)
+
+
+def _fail(items: Sequence[_Pending], error: Exception) -> None:
+    """Fail the requests of these pairs that are still waiting."""
+    for it in items:
+        if not it.request.future.done():
+            it.request.future.set_exception(error)

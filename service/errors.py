@@ -1,0 +1,172 @@
+"""Domain errors and how each one maps to an HTTP answer.
+
+Every error body has one shape, a superset of text-embeddings-inference's
+``{"error", "error_type"}``: ``{"error": message, "error_type": kind, "field": name | null}``,
+so a client always learns which field was wrong.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+log = logging.getLogger(__name__)
+
+
+class ServiceError(Exception):
+    """Base of the errors a request can end in; ``status_code`` is the HTTP answer."""
+
+    status_code = 500
+    error_type = "internal"
+
+    def __init__(self, message: str, *, field: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.field = field
+
+    def headers(self) -> dict[str, str]:
+        return {}
+
+    def body(self) -> dict[str, Any]:
+        return {"error": self.message, "error_type": self.error_type, "field": self.field}
+
+
+class InvalidInput(ServiceError):
+    status_code = 422
+    error_type = "validation"
+
+
+class PayloadTooLarge(ServiceError):
+    """Too many items, a text over the limit with ``truncate`` off, or an oversized body."""
+
+    status_code = 413
+    error_type = "payload_too_large"
+
+
+class UnsupportedMediaType(ServiceError):
+    status_code = 415
+    error_type = "unsupported_media_type"
+
+
+class Overloaded(ServiceError):
+    """The queue cannot take the request's pairs now; the client should retry later."""
+
+    status_code = 429
+    error_type = "overloaded"
+
+    def __init__(self, message: str, *, retry_after_s: int = 1) -> None:
+        super().__init__(message)
+        self.retry_after_s = max(1, int(retry_after_s))
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(self.retry_after_s)}
+
+
+class DeadlineExceeded(ServiceError):
+    status_code = 504
+    error_type = "deadline_exceeded"
+
+
+class NotReady(ServiceError):
+    """Model not loaded yet, or the server is draining for shutdown."""
+
+    status_code = 503
+    error_type = "unavailable"
+
+
+class InferenceFailed(ServiceError):
+    status_code = 500
+    error_type = "inference"
+
+
+class ShadowUnavailable(ServiceError):
+    status_code = 503
+    error_type = "shadow_unavailable"
+
+
+class ShadowBusy(Overloaded):
+    error_type = "shadow_busy"
+
+
+class ShadowTimeout(DeadlineExceeded):
+    error_type = "shadow_timeout"
+
+
+class Unauthorized(ServiceError):
+    status_code = 401
+    error_type = "unauthorized"
+
+
+def _field_name(loc: tuple[Any, ...] | list[Any]) -> str:
+    """``("body", "items", 3, "text")`` → ``"items[3].text"``; bare ``("body",)`` → ``"body"``."""
+    parts = [p for p in loc if p != "body"]
+    name = ""
+    for part in parts:
+        name += f"[{part}]" if isinstance(part, int) else (f".{part}" if name else str(part))
+    return name or "body"
+
+
+def validation_error_body(exc: RequestValidationError) -> dict[str, Any]:
+    """Condense pydantic errors into one message naming each field, without echoing input."""
+    problems = []
+    fields = []
+    for err in exc.errors():
+        field = _field_name(err.get("loc", ()))
+        if err.get("type") == "json_invalid":
+            field = "body"
+            msg = f"invalid JSON ({err.get('ctx', {}).get('error', 'cannot parse')})"
+        else:
+            msg = str(err.get("msg", "invalid")).removeprefix("Value error, ")
+        fields.append(field)
+        problems.append(f"{field}: {msg}")
+    # Union fallbacks (item as object or as string) can repeat a message; keep the first.
+    unique = list(dict.fromkeys(problems))
+    message = "; ".join(unique[:10])
+    if len(unique) > 10:
+        message += f"; and {len(unique) - 10} more"
+    return {
+        "error": message,
+        "error_type": "validation",
+        "field": fields[0] if fields else None,
+    }
+
+
+def _count(request: Request, reason: str) -> None:
+    metrics = getattr(request.app.state, "metrics", None)
+    if metrics is not None:
+        metrics.rejections.labels(reason=reason).inc()
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Map domain errors, validation errors and unexpected ones to the common error body."""
+
+    @app.exception_handler(ServiceError)
+    async def _service_error(request: Request, exc: ServiceError) -> JSONResponse:
+        _count(request, exc.error_type)
+        return JSONResponse(exc.body(), status_code=exc.status_code, headers=exc.headers())
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        _count(request, "validation")
+        return JSONResponse(validation_error_body(exc), status_code=422)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if exc.status_code == 413:  # the body limit, raised while FastAPI reads the body
+            body = {"error": str(exc.detail), "error_type": "payload_too_large", "field": "body"}
+            _count(request, "payload_too_large")
+        else:
+            body = {"error": str(exc.detail), "error_type": "http", "field": None}
+        return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        _count(request, "internal")
+        body = {"error": "internal error", "error_type": "internal", "field": None}
+        return JSONResponse(body, status_code=500)

@@ -1,0 +1,87 @@
+"""The service's one configuration object and the only place that reads the environment.
+
+Every field is settable as ``RELEVANCE_<FIELD>`` (``max_batch_size`` ↔
+``RELEVANCE_MAX_BATCH_SIZE``); ``python -m service --host/--port/--model`` override the
+environment. Components never see this object: the app unpacks plain values for them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_MODEL_DIR = Path("models/minilm-homedepot")
+
+
+class Settings(BaseSettings):
+    """Server, model, batcher, limits, SLO and shadow settings (env prefix ``RELEVANCE_``)."""
+
+    model_config = SettingsConfigDict(env_prefix="RELEVANCE_", extra="ignore", frozen=True)
+
+    # Server
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+    log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
+    shutdown_timeout_s: float = Field(
+        30.0, gt=0, description="Graceful shutdown: time to finish accepted work."
+    )
+
+    # Model and execution provider
+    model_dir: Path = DEFAULT_MODEL_DIR
+    provider: Literal["cpu", "cuda"] = "cpu"
+    variant: Literal["auto", "fp32", "fp16", "int8"] = Field(
+        "auto", description="Graph to load; auto = fp16 on CUDA, int8 (else fp32) on CPU."
+    )
+    intra_op_threads: int = Field(0, ge=0, description="ONNX Runtime threads; 0 = its default.")
+    warmup: bool = True
+
+    # Micro-batcher
+    max_batch_size: int = Field(64, ge=1, description="Most pairs in one inference batch.")
+    max_batch_tokens: int = Field(
+        16384, ge=1, description="Most padded tokens (pairs x longest) in one batch."
+    )
+    max_wait_ms: float = Field(
+        2.0, ge=0, description="Longest a pair waits for company before a partial batch runs."
+    )
+    max_queue_pairs: int = Field(
+        4096, ge=1, description="Pairs admitted and not yet answered; beyond it, 429."
+    )
+    tokenizer_threads: int = Field(1, ge=1)
+
+    # Request limits
+    max_items: int = Field(1000, ge=1)
+    max_query_chars: int = Field(512, ge=1)
+    max_text_chars: int = Field(8192, ge=1)
+    max_body_bytes: int = Field(8 * 1024 * 1024, ge=1024)
+    default_deadline_ms: int = Field(5000, ge=1)
+    max_deadline_ms: int = Field(60000, ge=1)
+
+    # SLO: a request of n items meets it when latency <= slo_latency_ms * max(1, n / slo_items)
+    slo_latency_ms: float = Field(250.0, gt=0)
+    slo_items: int = Field(100, ge=1)
+    slo_window_s: float = Field(300.0, gt=0, description="Window of the rolling compliance ratio.")
+
+    # Teacher shadow
+    teacher_dir: Path | None = None
+    shadow_concurrency: int = Field(1, ge=1, description="Concurrent /shadow/score requests.")
+    shadow_max_items: int = Field(100, ge=1)
+    shadow_timeout_s: float = Field(120.0, gt=0)
+    shadow_mirror_rate: float = Field(
+        0.0, ge=0, le=1, description="Fraction of /score requests mirrored to the teacher."
+    )
+    shadow_queue_size: int = Field(16, ge=1, description="Mirrored requests waiting; beyond, drop.")
+    shadow_output: Path | None = Field(
+        None, description="JSONL file receiving mirrored pairs with teacher scores."
+    )
+
+    # Admin endpoints exist only when a token is configured.
+    admin_token: SecretStr | None = None
+
+    @model_validator(mode="after")
+    def _check_bounds(self) -> Settings:
+        if self.default_deadline_ms > self.max_deadline_ms:
+            raise ValueError("default_deadline_ms must not exceed max_deadline_ms")
+        return self
