@@ -119,3 +119,12 @@ def catalogue(frame: pd.DataFrame) -> pd.DataFrame:
         .sort_values("product_id")
         .reset_index(drop=True)
     )
+
+
+def query_subset(frame: pd.DataFrame, n_queries: int, seed: int = 13) -> pd.DataFrame:
+    """A deterministic sample of whole queries (the slow teacher scores only these)."""
+    keys = sorted(
+        frame["query_key"].unique(),
+        key=lambda k: hashlib.sha256(f"subset:{seed}:{k}".encode()).hexdigest(),
+    )[:n_queries]
+    return frame[frame["query_key"].isin(set(keys))].reset_index(drop=True)

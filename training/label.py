@@ -27,6 +27,11 @@ def data_version(data_sha256: str, augment_version: str) -> str:
     return hashlib.sha256(f"{data_sha256}:{augment_version}".encode()).hexdigest()[:12]
 
 
+def split_version(data_sha256: str, split: str, n_queries: int) -> str:
+    """Identity of a held-out sample labeled for evaluation (e.g. ``test-250q-<sha>``)."""
+    return f"{split}-{n_queries}q-{data_sha256[:12]}"
+
+
 def label_path(labels_dir: Path, teacher_id: str, version: str) -> Path:
     return labels_dir / teacher_id / f"{version}.csv"
 
