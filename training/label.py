@@ -93,3 +93,46 @@ def label_pairs(
     keys = set(zip(wanted["query_key"], wanted["product_id"], strict=True))
     mask = [(k, p) in keys for k, p in zip(labels["query_key"], labels["product_id"], strict=True)]
     return labels[mask].reset_index(drop=True)
+
+
+def label_stage(
+    teacher_dir: Path,
+    labels_dir: Path,
+    data_path: Path,
+    augment_config,
+    eval_queries: int = 250,
+    augment_limit: int | None = None,
+    max_seconds: float | None = None,
+    split_seed: int = 13,
+) -> dict[str, Path]:
+    """Label a held-out test sample (for the teacher's own evaluation), then the augmentation set.
+
+    Both files resume from whatever is cached. Returns the label file of each part.
+    """
+    from training.augment import build_augmentation
+    from training.data import catalogue, file_sha256, load_labeled, query_subset, split_by_query
+    from training.teacher import load_teacher, teacher_id
+
+    started = time.monotonic()
+    data_sha = file_sha256(data_path)
+    labeled = load_labeled(data_path)
+    splits = split_by_query(labeled, seed=split_seed)
+    tid = teacher_id(teacher_dir)
+    teacher = load_teacher(teacher_dir)
+    paths = {
+        "test": label_path(labels_dir, tid, split_version(data_sha, "test", eval_queries)),
+        "augment": label_path(labels_dir, tid, data_version(data_sha, augment_config.version())),
+    }
+    test_pairs = query_subset(splits["test"], eval_queries, seed=split_seed)
+    label_pairs(teacher.predict_proba, test_pairs, paths["test"], max_seconds=max_seconds)
+    held_out = pd.concat([splits["validation"], splits["test"]])["query"]
+    augmentation = build_augmentation(
+        splits["train"], labeled, catalogue(labeled), augment_config, held_out_queries=held_out
+    )
+    remaining = None
+    if max_seconds is not None:
+        remaining = max(0.0, max_seconds - (time.monotonic() - started))
+    label_pairs(
+        teacher.predict_proba, augmentation, paths["augment"], augment_limit, max_seconds=remaining
+    )
+    return paths
