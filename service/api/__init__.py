@@ -1,0 +1,1 @@
+"""HTTP routers; they validate, call the engine and shape answers, never touch tensors."""

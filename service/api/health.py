@@ -1,0 +1,65 @@
+"""Liveness, readiness, description and metrics endpoints."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from service.api.deps import get_metrics, get_settings
+from service.metrics import Metrics
+from service.settings import Settings
+
+router = APIRouter()
+
+
+@router.get("/healthz", summary="Liveness: the process answers")
+async def healthz() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+@router.get(
+    "/readyz",
+    summary="Readiness: model loaded and warmed up",
+    responses={503: {"description": "Loading, warming up, draining or failed."}},
+)
+async def readyz(request: Request) -> JSONResponse:
+    engine = getattr(request.app.state, "engine", None)
+    if engine is not None and engine.ready:
+        return JSONResponse({"status": "ready"})
+    status = engine.status if engine is not None else "loading"
+    return JSONResponse({"status": status}, status_code=503)
+
+
+@router.get("/info", summary="Model manifest, execution provider, batcher settings, limits")
+async def info(
+    request: Request, settings: Annotated[Settings, Depends(get_settings)]
+) -> dict[str, Any]:
+    engine = getattr(request.app.state, "engine", None)
+    shadow = getattr(request.app.state, "shadow", None)
+    return {
+        "model": engine.info() if engine is not None else {"status": "loading"},
+        "limits": {
+            "max_items": settings.max_items,
+            "max_query_chars": settings.max_query_chars,
+            "max_text_chars": settings.max_text_chars,
+            "max_body_bytes": settings.max_body_bytes,
+            "default_deadline_ms": settings.default_deadline_ms,
+            "max_deadline_ms": settings.max_deadline_ms,
+            "max_queue_pairs": settings.max_queue_pairs,
+        },
+        "slo": {
+            "latency_ms": settings.slo_latency_ms,
+            "per_items": settings.slo_items,
+            "window_s": settings.slo_window_s,
+        },
+        "shadow": shadow.info() if shadow is not None else None,
+    }
+
+
+@router.get("/metrics", summary="Prometheus metrics", response_class=Response)
+async def metrics(m: Annotated[Metrics, Depends(get_metrics)]) -> Response:
+    m.refresh()
+    return Response(generate_latest(m.registry), media_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,144 @@
+"""``create_app()``: wires settings, metrics, routers and middleware; the lifespan owns the engine.
+
+Nothing heavy happens at import or in ``create_app``: the model package is loaded, the
+ONNX session opened and the teacher loaded in the lifespan, and released on shutdown.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from importlib import metadata
+
+from fastapi import FastAPI
+from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector, ProcessCollector
+
+from service.api import admin, health, score
+from service.batcher import BatcherConfig
+from service.engine import ScoringEngine
+from service.errors import install_error_handlers
+from service.metrics import Metrics
+from service.middleware import BodySizeLimit, RequestMetrics
+from service.settings import Settings
+from service.shadow import ShadowScorer, TeacherShadow, load_teacher_scorer
+
+log = logging.getLogger(__name__)
+
+EngineFactory = Callable[[Settings, Metrics], ScoringEngine]
+
+DESCRIPTION = """\
+Relevance scores for (query, item) pairs from a small cross-encoder distilled from an LLM
+teacher, behind a dynamic micro-batcher. `POST /score` is the main endpoint; `POST /rerank`
+speaks text-embeddings-inference's rerank shape; `POST /shadow/score` asks the teacher.
+Errors always have the body `{"error", "error_type", "field"}`.
+"""
+
+
+def _version() -> str:
+    try:
+        return metadata.version("relevance-service")
+    except metadata.PackageNotFoundError:
+        return "0.0.0"
+
+
+def load_engine(settings: Settings, metrics: Metrics) -> ScoringEngine:
+    """The production engine: the settings unpacked into plain values."""
+    return ScoringEngine.from_package_dir(
+        settings.model_dir,
+        metrics,
+        provider=settings.provider,
+        variant=settings.variant,
+        intra_op_threads=settings.intra_op_threads,
+        batcher_config=BatcherConfig(
+            max_batch_size=settings.max_batch_size,
+            max_batch_tokens=settings.max_batch_tokens,
+            max_wait_ms=settings.max_wait_ms,
+            max_queue_pairs=settings.max_queue_pairs,
+        ),
+        tokenizer_threads=settings.tokenizer_threads,
+        warmup=settings.warmup,
+    )
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    settings: Settings = app.state.settings
+    metrics: Metrics = app.state.metrics
+    try:
+        engine = await asyncio.to_thread(app.state.engine_factory, settings, metrics)
+    except Exception as exc:
+        log.error("cannot load the model from %s: %s", settings.model_dir, exc)
+        raise
+    shadow = TeacherShadow(
+        metrics,
+        loader=app.state.teacher_loader,
+        name=settings.teacher_dir.name if settings.teacher_dir else "teacher",
+        concurrency=settings.shadow_concurrency,
+        timeout_s=settings.shadow_timeout_s,
+        mirror_rate=settings.shadow_mirror_rate,
+        queue_size=settings.shadow_queue_size,
+        output_path=settings.shadow_output,
+    )
+    await engine.start()
+    await shadow.start()
+    app.state.engine = engine
+    app.state.shadow = shadow
+    try:
+        yield
+    finally:
+        # uvicorn has stopped accepting and let open requests finish; drain what is left.
+        log.info("shutting down: finishing %d queued pairs", engine.batcher.pending_pairs)
+        await engine.stop(settings.shutdown_timeout_s)
+        await shadow.stop()
+        app.state.engine = None
+        app.state.shadow = None
+
+
+def create_app(
+    settings: Settings | None = None,
+    *,
+    registry: CollectorRegistry | None = None,
+    engine_factory: EngineFactory | None = None,
+    teacher_loader: Callable[[], ShadowScorer] | None = None,
+) -> FastAPI:
+    """Build the app. Tests pass their own settings, registry, engine or teacher."""
+    settings = settings or Settings()
+    if registry is None:
+        registry = CollectorRegistry()
+        for collector in (ProcessCollector, PlatformCollector, GCCollector):
+            collector(registry=registry)
+    metrics = Metrics(registry, settings.slo_window_s)
+    if teacher_loader is None and settings.teacher_dir is not None:
+        teacher_dir = settings.teacher_dir
+
+        def teacher_loader() -> ShadowScorer:
+            return load_teacher_scorer(teacher_dir)
+
+    app = FastAPI(
+        title="Relevance scoring service",
+        version=_version(),
+        description=DESCRIPTION,
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.metrics = metrics
+    app.state.engine = None
+    app.state.shadow = None
+    app.state.engine_factory = engine_factory or load_engine
+    app.state.teacher_loader = teacher_loader
+    install_error_handlers(app)
+    app.include_router(score.router)
+    app.include_router(health.router)
+    if settings.admin_token is not None:
+        app.include_router(admin.router)
+    app.add_middleware(BodySizeLimit, max_body_bytes=settings.max_body_bytes)
+    # Added last, so outermost: it also times requests the body limit refuses.
+    app.add_middleware(
+        RequestMetrics,
+        metrics=metrics,
+        slo_latency_s=settings.slo_latency_ms / 1000,
+        slo_items=settings.slo_items,
+    )
+    return app

@@ -1,0 +1,168 @@
+"""ONNX Runtime session over one graph of a model package, with execution-provider choice.
+
+``provider="cuda"`` asks for the CUDA execution provider and the FP16 graph. When CUDA is
+not usable (a CPU-only onnxruntime build, missing CUDA/cuDNN libraries, a failed session)
+the scorer falls back to the CPU provider with the INT8 graph (FP32 when INT8 is absent)
+and says so in one warning line; it never crashes for want of a GPU.
+
+On CPU the default is the fastest *batch-invariant* graph. A dynamically quantized INT8
+graph is not one: ``DynamicQuantizeLinear`` picks one scale for the whole activation
+tensor, so a pair's score moves with whatever else (and however much padding) shares its
+batch. It runs only when asked for (``variant="int8"``) or when it is the only graph on
+disk, with a warning; a statically quantized INT8 graph would be preferred automatically.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from typing import Literal, Protocol
+
+import numpy as np
+import onnxruntime as ort
+
+from service.model_package import ModelPackage
+
+log = logging.getLogger(__name__)
+
+CPU = "CPUExecutionProvider"
+CUDA = "CUDAExecutionProvider"
+
+Provider = Literal["cpu", "cuda"]
+Variant = Literal["auto", "fp32", "fp16", "int8"]
+
+
+class Scorer(Protocol):
+    """What the engine needs from a model backend (a fake implements it in tests)."""
+
+    provider: str
+    variant: str
+    batch_invariant: bool
+
+    def run(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
+        """Blocking: padded int64 inputs → float32 logits of shape ``(rows,)``."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class OnnxScorer:
+    """One ``InferenceSession``; ``run`` is thread-safe and releases the GIL inside ORT."""
+
+    def __init__(
+        self,
+        session: ort.InferenceSession,
+        variant: str,
+        output_name: str,
+        batch_invariant: bool = True,
+    ) -> None:
+        self._session: ort.InferenceSession | None = session
+        self.variant = variant
+        self.batch_invariant = batch_invariant
+        self.provider = session.get_providers()[0]
+        self._input_names = [i.name for i in session.get_inputs()]
+        outputs = [o.name for o in session.get_outputs()]
+        self._output_name = output_name if output_name in outputs else outputs[0]
+
+    @classmethod
+    def load(
+        cls,
+        package: ModelPackage,
+        provider: Provider = "cpu",
+        variant: Variant = "auto",
+        intra_op_threads: int = 0,
+    ) -> OnnxScorer:
+        """Open the package's graph for ``provider``, falling back from CUDA to CPU."""
+        if provider == "cuda":
+            reason = ""
+            if CUDA not in ort.get_available_providers():
+                reason = "this onnxruntime build has no CUDAExecutionProvider (onnxruntime-gpu?)"
+            else:
+                cuda_variant = package.select_variant([CUDA, CPU]) if variant == "auto" else variant
+                try:
+                    session = _session(package, cuda_variant, [CUDA, CPU], intra_op_threads)
+                except Exception as exc:  # ORT raises plain RuntimeErrors for EP failures
+                    reason = f"the CUDA session failed to start ({exc})"
+                else:
+                    if session.get_providers()[0] == CUDA:
+                        return cls._checked(session, package, cuda_variant)
+                    reason = "ONNX Runtime could not initialise CUDA (CUDA 13 / cuDNN 9 missing?)"
+            cpu_variant = _cpu_variant(package) if variant in ("auto", "fp16") else variant
+            log.warning(
+                "provider=cuda requested but %s; falling back to CPUExecutionProvider "
+                "with the %s graph",
+                reason,
+                cpu_variant,
+            )
+            session = _session(package, cpu_variant, [CPU], intra_op_threads)
+            return cls._checked(session, package, cpu_variant)
+        cpu_variant = _cpu_variant(package) if variant == "auto" else variant
+        session = _session(package, cpu_variant, [CPU], intra_op_threads)
+        return cls._checked(session, package, cpu_variant)
+
+    @classmethod
+    def _checked(
+        cls, session: ort.InferenceSession, package: ModelPackage, variant: str
+    ) -> OnnxScorer:
+        invariant = is_batch_invariant(package, variant)
+        if not invariant:
+            log.warning(
+                "the %s graph is dynamically quantized: a pair's score varies slightly with "
+                "the rest of its batch; use RELEVANCE_VARIANT=fp32 for batch-invariant scores",
+                variant,
+            )
+        return cls(session, variant, package.manifest.output, invariant)
+
+    def run(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
+        """Logits (float32, one per row) for a padded batch."""
+        if self._session is None:
+            raise RuntimeError("the scorer is closed")
+        feeds = {name: inputs[name] for name in self._input_names}
+        (logits,) = self._session.run([self._output_name], feeds)
+        return np.asarray(logits, dtype=np.float32).reshape(len(inputs["input_ids"]), -1)[:, 0]
+
+    def warmup(self, batches: Iterable[dict[str, np.ndarray]]) -> int:
+        """Run each batch once so allocations and kernel choices happen before traffic."""
+        count = 0
+        for batch in batches:
+            self.run(batch)
+            count += 1
+        return count
+
+    def close(self) -> None:
+        """Drop the session (ORT frees it with the last reference)."""
+        self._session = None
+
+
+def is_batch_invariant(package: ModelPackage, variant: str) -> bool:
+    """False for dynamically quantized graphs (one activation scale per batch tensor)."""
+    spec = package.manifest.variants[variant]  # type: ignore[index]
+    return not (spec.precision == "int8" and spec.build.get("mode", "dynamic") == "dynamic")
+
+
+def _cpu_variant(package: ModelPackage) -> str:
+    """Fastest batch-invariant CPU graph on disk; a dynamic INT8 only as the last resort."""
+    present = [
+        name
+        for name in package.available_variants()
+        if CPU in package.manifest.variants[name].providers  # type: ignore[index]
+    ]
+    for name in ("int8", "fp32"):
+        if name in present and is_batch_invariant(package, name):
+            return name
+    return package.select_variant([CPU])
+
+
+def _session(
+    package: ModelPackage, variant: str, providers: list[str], intra_op_threads: int
+) -> ort.InferenceSession:
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    # One inference thread feeds the session; parallelism lives inside each operator.
+    options.inter_op_num_threads = 1
+    if intra_op_threads > 0:
+        options.intra_op_num_threads = intra_op_threads
+    path = package.variant_path(variant)
+    log.info("loading %s (%s) on %s", path, variant, providers[0])
+    return ort.InferenceSession(str(path), sess_options=options, providers=providers)

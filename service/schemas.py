@@ -1,0 +1,180 @@
+"""Request and response models of the HTTP API (with the examples shown in the docs).
+
+Limits that come from settings (item count, text length) are checked by the routers,
+since they are not known when these classes are defined.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+SCORE_EXAMPLE = {
+    "query": "angle bracket",
+    "items": [
+        {"id": "100001", "text": "Simpson Strong-Tie 12-Gauge Angle"},
+        {"id": "100002", "text": "BEHR Premium Textured DeckOver 1-gal. Tugboat Coating"},
+        "Everbilt 3/4 in. Brass FIP Gate Valve",
+    ],
+    "top_k": None,
+    "deadline_ms": 1000,
+    "truncate": True,
+}
+
+
+def _not_blank(value: str) -> str:
+    if not value.strip():
+        raise ValueError("must not be empty or whitespace")
+    return value
+
+
+class ScoreItem(BaseModel):
+    """A candidate to score; a plain string in the request becomes ``{"id": "<index>"}``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: str = Field(min_length=1, max_length=256, description="Echoed back with the score.")
+    text: str = Field(description="Item text, e.g. the product title.")
+
+
+class ScoreRequest(BaseModel):
+    """One query and its candidate items."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [SCORE_EXAMPLE]})
+
+    query: str = Field(description="The search query; must not be blank.")
+    items: list[ScoreItem] = Field(
+        min_length=1,
+        description="Candidates: objects with id and text, or plain strings (id = index).",
+        json_schema_extra={
+            "items": {"anyOf": [{"$ref": "#/components/schemas/ScoreItem"}, {"type": "string"}]}
+        },
+    )
+    top_k: int | None = Field(
+        None, ge=1, description="Return only the best k items, ranked, instead of input order."
+    )
+    deadline_ms: int | None = Field(
+        None, ge=1, description="Give up (504) after this long; default from the server settings."
+    )
+    truncate: bool = Field(
+        True, description="Cut texts that are too long instead of refusing them (413)."
+    )
+
+    _check_query = field_validator("query")(_not_blank)
+
+    @field_validator("items", mode="before")
+    @classmethod
+    def _strings_to_items(cls, items: Any) -> Any:
+        if isinstance(items, list):
+            return [
+                {"id": str(i), "text": x} if isinstance(x, str) else x for i, x in enumerate(items)
+            ]
+        return items
+
+    @field_validator("items")
+    @classmethod
+    def _unique_ids(cls, items: list[ScoreItem]) -> list[ScoreItem]:
+        seen: set[str] = set()
+        for i, item in enumerate(items):
+            if item.id in seen:
+                raise ValueError(f"duplicate id {item.id!r} at items[{i}]")
+            seen.add(item.id)
+        return items
+
+
+class ModelRef(BaseModel):
+    name: str
+    version: str
+
+
+class ItemScore(BaseModel):
+    id: str
+    index: int = Field(description="Position of the item in the request.")
+    score: float = Field(description="Relevance in [0, 1] (sigmoid of the model's logit).")
+    label: str = Field(description="Relevance class of the score (irrelevant, partial, exact).")
+
+
+class Timing(BaseModel):
+    """Where the request's time went, in milliseconds."""
+
+    total_ms: float
+    tokenize_ms: float | None = None
+    queue_ms: float | None = None
+    inference_ms: float | None = None
+    batches: int | None = Field(None, description="Inference batches that carried its items.")
+
+
+class ScoreResponse(BaseModel):
+    model: ModelRef
+    scores: list[ItemScore] = Field(description="Input order, or ranked best first with top_k.")
+    timing: Timing
+    truncated: int = Field(0, description="Items whose text was cut to fit the model.")
+
+
+class RerankRequest(BaseModel):
+    """text-embeddings-inference's ``/rerank`` request (extra fields are ignored)."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "query": "angle bracket",
+                    "texts": ["Simpson Strong-Tie 12-Gauge Angle", "Everbilt Brass Gate Valve"],
+                    "raw_scores": False,
+                    "return_text": True,
+                }
+            ]
+        }
+    )
+
+    query: str
+    texts: list[str] = Field(min_length=1)
+    truncate: bool = True
+    truncation_direction: Literal["Right", "Left"] = "Right"
+    raw_scores: bool = Field(False, description="Return logits instead of sigmoid scores.")
+    return_text: bool = False
+
+    _check_query = field_validator("query")(_not_blank)
+
+    @field_validator("truncation_direction", mode="before")
+    @classmethod
+    def _capitalize(cls, value: Any) -> Any:
+        return value.capitalize() if isinstance(value, str) else value
+
+    @field_validator("truncation_direction")
+    @classmethod
+    def _right_only(cls, value: str) -> str:
+        if value != "Right":
+            raise ValueError("only 'Right' truncation is supported (the item text is cut)")
+        return value
+
+
+class RerankResult(BaseModel):
+    index: int
+    score: float
+    text: str | None = None
+
+
+class ShadowRateUpdate(BaseModel):
+    """Admin: change the share of /score traffic mirrored to the teacher."""
+
+    mirror_rate: float = Field(ge=0, le=1)
+
+
+class ErrorBody(BaseModel):
+    """Every error answer: a message naming the field, a kind, and the field."""
+
+    error: str
+    error_type: str
+    field: str | None = None
+
+
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    413: {"model": ErrorBody, "description": "Too many items, a text too long, or body too big."},
+    415: {"model": ErrorBody, "description": "The body is not application/json."},
+    422: {"model": ErrorBody, "description": "Invalid field; the message names it."},
+    429: {"model": ErrorBody, "description": "Queue full; retry after the Retry-After header."},
+    503: {"model": ErrorBody, "description": "Not ready or shutting down."},
+    504: {"model": ErrorBody, "description": "The deadline passed before scoring ended."},
+}

@@ -1,0 +1,33 @@
+"""Fixtures of the service tests: the real app built on the tiny model package."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi import FastAPI
+
+from service.app import create_app
+from service.settings import Settings
+
+
+@pytest.fixture(autouse=True)
+def _no_relevance_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A RELEVANCE_* variable in the shell must not leak into the tests' settings."""
+    for name in list(os.environ):
+        if name.startswith("RELEVANCE_"):
+            monkeypatch.delenv(name)
+
+
+@pytest.fixture
+def make_app(tiny_model_package: Path) -> Callable[..., FastAPI]:
+    """Build the real app on the tiny package; keyword arguments are settings overrides."""
+
+    def make(teacher_loader: Callable[[], Any] | None = None, **overrides: Any) -> FastAPI:
+        settings = Settings(model_dir=tiny_model_package, **overrides)
+        return create_app(settings, teacher_loader=teacher_loader)
+
+    return make
