@@ -107,6 +107,8 @@ class MicroBatcher:
         self._pending_pairs = 0
         self._reserved_pairs = 0
         self._wakeup = asyncio.Event()
+        self._idle = asyncio.Event()  # set while no pairs are reserved
+        self._idle.set()
         self._ready: asyncio.Queue[_Batch | None] = asyncio.Queue(maxsize=1)
         self._model_busy = False
         self._closing = False
@@ -180,12 +182,23 @@ class MicroBatcher:
                 retry_after_s=self._retry_after_s(),
             )
         self._reserved_pairs += n_pairs
+        self._idle.clear()
         self._gauge_inflight()
         try:
             yield
         finally:
             self._reserved_pairs -= n_pairs
+            if self._reserved_pairs == 0:
+                self._idle.set()
             self._gauge_inflight()
+
+    async def wait_idle(self, timeout_s: float) -> bool:
+        """Wait until every admitted request has been answered; False on timeout."""
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout_s)
+        except TimeoutError:
+            return False
+        return True
 
     def _retry_after_s(self) -> int:
         if self._pairs_per_s <= 0:

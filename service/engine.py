@@ -30,6 +30,8 @@ from service.onnx_scorer import OnnxScorer, Provider, Scorer, Variant
 
 log = logging.getLogger(__name__)
 
+# Requests this small are tokenized on the event loop; bigger ones on the tokenizer thread.
+INLINE_TOKENIZE_MAX_PAIRS = 8
 WARMUP_QUERY = "cordless drill"
 WARMUP_TEXT = "DEWALT 20-Volt MAX Lithium-Ion Cordless Drill/Driver Kit with battery and charger "
 
@@ -77,6 +79,7 @@ class ScoringEngine:
         self._warmup_enabled = warmup
         self._warmup_task: asyncio.Task[None] | None = None
         self._ready = False
+        self._closing = False
         self.status = "starting"
 
     @classmethod
@@ -112,7 +115,7 @@ class ScoringEngine:
     # ------------------------------------------------------------------ lifecycle
     @property
     def ready(self) -> bool:
-        return self._ready and not self._batcher.closing
+        return self._ready and not self._closing
 
     @property
     def batcher(self) -> MicroBatcher:
@@ -137,12 +140,21 @@ class ScoringEngine:
         return self.ready
 
     async def stop(self, timeout_s: float = 30.0) -> None:
-        """Refuse new requests, finish accepted ones, release the model."""
+        """Refuse new requests, finish accepted ones (up to ``timeout_s``), release the model."""
+        self._closing = True
         self.status = "draining"
         self._metrics.ready.set(0)
         if self._warmup_task is not None and not self._warmup_task.done():
             self._warmup_task.cancel()
-        await self._batcher.stop(timeout_s)
+        started = time.monotonic()
+        # Requests still tokenizing hold reservations too: wait for all of them.
+        if not await self._batcher.wait_idle(timeout_s):
+            log.warning(
+                "shutdown: %d pairs unanswered after %.0f s",
+                self._batcher.reserved_pairs,
+                timeout_s,
+            )
+        await self._batcher.stop(max(0.0, timeout_s - (time.monotonic() - started)))
         if self._tokenize_pool is not None:
             self._tokenize_pool.shutdown(wait=False, cancel_futures=True)
         self.scorer.close()
@@ -194,14 +206,18 @@ class ScoringEngine:
         :class:`~service.errors.PayloadTooLarge` (a pair over the model's length with
         ``truncate`` off), :class:`~service.errors.DeadlineExceeded`.
         """
-        if self._tokenize_pool is None or self._batcher.closing:
+        if self._tokenize_pool is None or self._closing:
             raise NotReady("the model is not loaded or the server is shutting down")
         loop = asyncio.get_running_loop()
         with self._batcher.reserve(len(texts)):
             started = time.monotonic()
-            pairs = await loop.run_in_executor(
-                self._tokenize_pool, self._tokenize, query, list(texts), truncate, text_field
-            )
+            if len(texts) <= INLINE_TOKENIZE_MAX_PAIRS:
+                # Well under a millisecond: cheaper than two GIL hand-offs to a thread.
+                pairs = self._tokenize(query, list(texts), truncate, text_field)
+            else:
+                pairs = await loop.run_in_executor(
+                    self._tokenize_pool, self._tokenize, query, list(texts), truncate, text_field
+                )
             tokenize_s = time.monotonic() - started
             self._metrics.tokenize_duration.observe(tokenize_s)
             result = await self._batcher.score(pairs, deadline)

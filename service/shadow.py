@@ -17,6 +17,7 @@ or break ``/score``:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import random
@@ -104,6 +105,7 @@ class TeacherShadow:
         self._output_path = output_path
         self._random = random.Random(seed)
         self._teacher: ShadowScorer | None = None
+        self._load_done = asyncio.Event()
         self.status = "disabled" if loader is None else "loading"
         # Endpoint calls and the mirror worker each get their own threads.
         self._pool: ThreadPoolExecutor | None = None
@@ -129,10 +131,10 @@ class TeacherShadow:
             self._pool.shutdown(wait=False, cancel_futures=True)
 
     async def wait_loaded(self, timeout_s: float = 600.0) -> bool:
-        """Wait until the teacher loaded or failed (tests, start-up logs)."""
-        deadline = time.monotonic() + timeout_s
-        while self.status == "loading" and time.monotonic() < deadline:
-            await asyncio.sleep(0.01)
+        """Wait until the teacher loaded or failed; True when it is available."""
+        if self._loader is not None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._load_done.wait(), timeout_s)
         return self.available
 
     async def _load(self) -> None:
@@ -143,12 +145,13 @@ class TeacherShadow:
         except Exception as exc:
             self.status = f"failed: {type(exc).__name__}: {exc}"
             log.error("teacher shadow disabled, loading failed: %s", exc)
-            return
-        self._teacher = teacher
-        self.name = str(getattr(teacher, "name", self.name))
-        self.version = str(getattr(teacher, "version", self.version))
-        self.status = "ready"
-        log.info("teacher %s loaded in %.1f s", self.name, time.monotonic() - started)
+        else:
+            self._teacher = teacher
+            self.name = str(getattr(teacher, "name", self.name))
+            self.version = str(getattr(teacher, "version", self.version))
+            self.status = "ready"
+            log.info("teacher %s loaded in %.1f s", self.name, time.monotonic() - started)
+        self._load_done.set()
 
     def info(self) -> dict[str, Any]:
         return {
