@@ -51,6 +51,7 @@ def load_engine(settings: Settings, metrics: Metrics) -> ScoringEngine:
         provider=settings.provider,
         variant=settings.variant,
         intra_op_threads=settings.intra_op_threads,
+        intra_op_spinning=settings.intra_op_spinning,
         batcher_config=BatcherConfig(
             max_batch_size=settings.max_batch_size,
             max_batch_tokens=settings.max_batch_tokens,

@@ -66,12 +66,13 @@ class BatchResult:
 
 
 @dataclass(eq=False)
-class _Request:
+class PendingRequest:
+    """One request's place in the batcher: its logits fill in as batches complete."""
+
     logits: np.ndarray
     remaining: int
     future: asyncio.Future[BatchResult]
     deadline: float
-    enqueued_at: float
     queue_s: float = 0.0
     inference_s: float = 0.0
     batches: int = 0
@@ -79,10 +80,11 @@ class _Request:
 
 @dataclass(eq=False, slots=True)
 class _Pending:
-    request: _Request
+    request: PendingRequest
     index: int
     pair: EncodedPair
     length: int
+    enqueued_at: float
 
 
 @dataclass(eq=False)
@@ -212,28 +214,48 @@ class MicroBatcher:
         ``deadline`` is a ``time.monotonic()`` instant; past it the request fails with
         :class:`DeadlineExceeded` and its pairs still queued are skipped.
         """
+        request = self.open(len(pairs), deadline)
+        self.add(request, 0, pairs)
+        return await self.result(request)
+
+    def open(self, n_pairs: int, deadline: float) -> PendingRequest:
+        """Start a request of ``n_pairs`` whose pairs arrive in parts through :meth:`add`.
+
+        A large request is tokenized in chunks and each chunk queued as soon as it is
+        ready, so its first batches run while the rest is still being tokenized.
+        """
         if self._closing:
             raise NotReady("the server is shutting down")
-        if not pairs:
-            raise ValueError("score needs at least one pair")
-        loop = asyncio.get_running_loop()
+        if n_pairs < 1:
+            raise ValueError("a request needs at least one pair")
         now = time.monotonic()
         if deadline <= now:
             raise DeadlineExceeded("deadline_ms: the deadline passed before scoring started")
-        request = _Request(
-            logits=np.empty(len(pairs), dtype=np.float32),
-            remaining=len(pairs),
-            future=loop.create_future(),
+        return PendingRequest(
+            logits=np.empty(n_pairs, dtype=np.float32),
+            remaining=n_pairs,
+            future=asyncio.get_running_loop().create_future(),
             deadline=deadline,
-            enqueued_at=now,
         )
-        self._pending.extend(_Pending(request, i, p, len(p)) for i, p in enumerate(pairs))
+
+    def add(self, request: PendingRequest, start: int, pairs: Sequence[EncodedPair]) -> None:
+        """Queue pairs ``start .. start + len(pairs)`` of an opened request."""
+        if request.future.done():
+            return  # failed or cancelled meanwhile: nothing left to compute
+        now = time.monotonic()
+        self._pending.extend(
+            _Pending(request, start + i, p, len(p), now) for i, p in enumerate(pairs)
+        )
         self._pending_pairs += len(pairs)
         self._gauge_queue()
         self._wakeup.set()
+
+    async def result(self, request: PendingRequest) -> BatchResult:
+        """Wait for all logits of a request, up to its deadline."""
         try:
             # wait_for cancels the future on timeout, which is how queued pairs learn to skip.
-            return await asyncio.wait_for(request.future, timeout=deadline - now)
+            timeout = request.deadline - time.monotonic()
+            return await asyncio.wait_for(request.future, timeout=timeout)
         except TimeoutError:
             raise DeadlineExceeded(
                 "deadline_ms: the deadline passed before all items were scored"
@@ -252,7 +274,7 @@ class MicroBatcher:
                     return
                 await self._wakeup.wait()
                 continue
-            oldest_wait_s = time.monotonic() - self._pending[0].request.enqueued_at
+            oldest_wait_s = time.monotonic() - self._pending[0].enqueued_at
             slot_free = self._ready.empty()
             model_idle = slot_free and not self._model_busy
             full = (
@@ -399,7 +421,7 @@ class MicroBatcher:
             return
         elapsed = time.monotonic() - started
         self._observe_batch(items, n_pairs, width, started, elapsed)
-        requests: dict[int, _Request] = {}
+        requests: dict[int, PendingRequest] = {}
         for it, logit in zip(items, logits, strict=True):
             request = it.request
             if request.future.done():  # cancelled or failed while the batch ran
@@ -408,7 +430,7 @@ class MicroBatcher:
                 requests[id(request)] = request
                 request.batches += 1
                 request.inference_s += elapsed
-                request.queue_s = max(request.queue_s, started - request.enqueued_at)
+            request.queue_s = max(request.queue_s, started - it.enqueued_at)
             if not math.isfinite(float(logit)):
                 error = InferenceFailed("the model returned a non-finite score")
                 request.future.set_exception(error)
@@ -440,7 +462,7 @@ class MicroBatcher:
         m.tokens.labels(kind="padding").inc(total - real)
         m.inference_duration.observe(elapsed)
         for it in items:
-            m.queue_wait.observe(started - it.request.enqueued_at)
+            m.queue_wait.observe(started - it.enqueued_at)
 
     # ------------------------------------------------------------------ helpers
     def _fail_all(self, error: Exception) -> None:

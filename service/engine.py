@@ -21,8 +21,8 @@ from typing import Any
 import numpy as np
 from tokenizers import Tokenizer
 
-from service.batcher import BatcherConfig, MicroBatcher
-from service.errors import NotReady, PayloadTooLarge
+from service.batcher import BatcherConfig, MicroBatcher, PendingRequest
+from service.errors import DeadlineExceeded, NotReady, PayloadTooLarge
 from service.features import EncodedPair, collate, load_tokenizer, tokenize_pairs
 from service.metrics import Metrics
 from service.model_package import ModelPackage, load_package
@@ -30,8 +30,10 @@ from service.onnx_scorer import OnnxScorer, Provider, Scorer, Variant
 
 log = logging.getLogger(__name__)
 
-# Requests this small are tokenized on the event loop; bigger ones on the tokenizer thread.
+# Requests this small are tokenized on the event loop; bigger ones on the tokenizer thread,
+# in chunks queued one by one.
 INLINE_TOKENIZE_MAX_PAIRS = 8
+TOKENIZE_CHUNK_PAIRS = 256
 WARMUP_QUERY = "cordless drill"
 WARMUP_TEXT = "DEWALT 20-Volt MAX Lithium-Ion Cordless Drill/Driver Kit with battery and charger "
 
@@ -91,6 +93,7 @@ class ScoringEngine:
         provider: Provider = "cpu",
         variant: Variant = "auto",
         intra_op_threads: int = 0,
+        intra_op_spinning: bool = False,
         batcher_config: BatcherConfig | None = None,
         tokenizer_threads: int = 1,
         warmup: bool = True,
@@ -98,7 +101,7 @@ class ScoringEngine:
         """Load and verify a model package, open its graph and build the engine."""
         package = load_package(model_dir)
         tokenizer = load_tokenizer(package.tokenizer_path, package.manifest.max_length)
-        scorer = OnnxScorer.load(package, provider, variant, intra_op_threads)
+        scorer = OnnxScorer.load(package, provider, variant, intra_op_threads, intra_op_spinning)
         m = package.manifest
         metrics.model_info.labels(m.name, m.version, scorer.variant, scorer.provider).set(1)
         log.info("model %s %s: %s graph on %s", m.name, m.version, scorer.variant, scorer.provider)
@@ -208,19 +211,22 @@ class ScoringEngine:
         """
         if self._tokenize_pool is None or self._closing:
             raise NotReady("the model is not loaded or the server is shutting down")
-        loop = asyncio.get_running_loop()
         with self._batcher.reserve(len(texts)):
             started = time.monotonic()
-            if len(texts) <= INLINE_TOKENIZE_MAX_PAIRS:
-                # Well under a millisecond: cheaper than two GIL hand-offs to a thread.
-                pairs = self._tokenize(query, list(texts), truncate, text_field)
-            else:
-                pairs = await loop.run_in_executor(
-                    self._tokenize_pool, self._tokenize, query, list(texts), truncate, text_field
+            request = self._batcher.open(len(texts), deadline)
+            try:
+                truncated = await self._tokenize_into(
+                    request, query, list(texts), truncate, text_field
                 )
+            except BaseException:
+                # Queued chunks of a refused request are skipped; an error the batcher
+                # already set (an expired deadline) is superseded by this one.
+                if not request.future.cancel() and not request.future.cancelled():
+                    request.future.exception()
+                raise
             tokenize_s = time.monotonic() - started
             self._metrics.tokenize_duration.observe(tokenize_s)
-            result = await self._batcher.score(pairs, deadline)
+            result = await self._batcher.result(request)
         logits = result.logits
         scores = 1.0 / (1.0 + np.exp(-logits.astype(np.float64)))
         return EngineResult(
@@ -230,13 +236,47 @@ class ScoringEngine:
             queue_s=result.queue_s,
             inference_s=result.inference_s,
             batches=result.batches,
-            truncated=np.array([p.truncated for p in pairs], dtype=bool),
+            truncated=truncated,
         )
 
+    async def _tokenize_into(
+        self,
+        request: PendingRequest,
+        query: str,
+        texts: list[str],
+        truncate: bool,
+        text_field: str,
+    ) -> np.ndarray:
+        """Tokenize and queue a request's pairs; returns which texts the tokenizer cut.
+
+        Small requests are tokenized on the event loop (well under a millisecond, cheaper
+        than two GIL hand-offs to a thread). Larger ones go to the tokenizer thread in
+        chunks, each queued as soon as it is ready, so the model starts on the first
+        batches while the rest is still being tokenized.
+        """
+        if len(texts) <= INLINE_TOKENIZE_MAX_PAIRS:
+            query = self._fit_query(query, truncate)
+            pairs = self._tokenize(query, texts, truncate, text_field, 0)
+            self._batcher.add(request, 0, pairs)
+            return np.array([p.truncated for p in pairs], dtype=bool)
+        loop = asyncio.get_running_loop()
+        pool = self._tokenize_pool
+        query = await loop.run_in_executor(pool, self._fit_query, query, truncate)
+        truncated = np.zeros(len(texts), dtype=bool)
+        for start in range(0, len(texts), TOKENIZE_CHUNK_PAIRS):
+            if time.monotonic() >= request.deadline:
+                raise DeadlineExceeded("deadline_ms: the deadline passed while tokenizing")
+            chunk = texts[start : start + TOKENIZE_CHUNK_PAIRS]
+            pairs = await loop.run_in_executor(
+                pool, self._tokenize, query, chunk, truncate, text_field, start
+            )
+            self._batcher.add(request, start, pairs)
+            truncated[start : start + len(pairs)] = [p.truncated for p in pairs]
+        return truncated
+
     def _tokenize(
-        self, query: str, texts: list[str], truncate: bool, text_field: str
+        self, query: str, texts: list[str], truncate: bool, text_field: str, offset: int
     ) -> list[EncodedPair]:
-        query = self._fit_query(query, truncate)
         try:
             pairs = tokenize_pairs(self._tokenizer, [query] * len(texts), texts)
         except Exception as exc:  # tokenizers refuses when the text cannot absorb the cut
@@ -247,7 +287,7 @@ class ScoringEngine:
         if not truncate:
             for i, pair in enumerate(pairs):
                 if pair.truncated:
-                    name = text_field.format(i)
+                    name = text_field.format(offset + i)
                     raise PayloadTooLarge(
                         f"{name}: query and text exceed the model's {self.max_length} tokens "
                         "and truncate is false",

@@ -36,6 +36,9 @@ class Settings(BaseSettings):
         "auto", description="Graph to load; auto = fp16 on CUDA, int8 (else fp32) on CPU."
     )
     intra_op_threads: int = Field(0, ge=0, description="ONNX Runtime threads; 0 = its default.")
+    intra_op_spinning: bool = Field(
+        False, description="Let idle ORT threads spin (faster alone, slower next to the server)."
+    )
     warmup: bool = True
 
     # Micro-batcher
@@ -60,7 +63,9 @@ class Settings(BaseSettings):
     max_deadline_ms: int = Field(60000, ge=1)
 
     # SLO: a request of n items meets it when latency <= slo_latency_ms * max(1, n / slo_items)
-    slo_latency_ms: float = Field(250.0, gt=0)
+    # 500 ms: a 100-item request on 2 CPU cores with the FP32 graph (~265 pairs/s, TOOLCHAIN.md)
+    # plus HTTP overhead; about 250 ms fits INT8, 50 ms a GPU.
+    slo_latency_ms: float = Field(500.0, gt=0)
     slo_items: int = Field(100, ge=1)
     slo_window_s: float = Field(300.0, gt=0, description="Window of the rolling compliance ratio.")
 
