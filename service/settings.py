@@ -33,7 +33,8 @@ class Settings(BaseSettings):
     model_dir: Path = DEFAULT_MODEL_DIR
     provider: Literal["cpu", "cuda"] = "cpu"
     variant: Literal["auto", "fp32", "fp16", "int8"] = Field(
-        "auto", description="Graph to load; auto = fp16 on CUDA, int8 (else fp32) on CPU."
+        "auto",
+        description="Graph to load; auto = fp16 on CUDA, on CPU the fastest batch-invariant one.",
     )
     intra_op_threads: int = Field(0, ge=0, description="ONNX Runtime threads; 0 = its default.")
     intra_op_spinning: bool = Field(
