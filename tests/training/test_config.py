@@ -1,0 +1,81 @@
+"""TrainConfig: defaults, files, environment, validation, fingerprints."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from training.config import DATA_ENV_VAR, REPO_ROOT, TrainConfig, load_config
+
+
+def test_defaults_point_at_the_shared_data_and_repo_dirs() -> None:
+    config = load_config(environ={})
+    assert config.path("data") == (REPO_ROOT / "../shared/data/homedepot/train.csv").resolve()
+    assert config.path("labels_dir") == REPO_ROOT / "labels"
+    assert config.teacher_package_dir == REPO_ROOT / "models" / "teacher-qwen05b-lora"
+    assert config.default_package_dir == REPO_ROOT / "models" / "minilm-homedepot"
+    assert config.loss.pointwise_weight == 1.0 and config.loss.margin_weight == 1.0
+
+
+def test_toml_file_env_and_overrides_in_order(tmp_path: Path) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text(
+        '[paths]\ndata = "/from/file.csv"\n[student]\nepochs = 0.5\n'
+        "[teacher]\nlora_layers = 2\ntarget_modules = ['q_proj']\n"
+    )
+    config = load_config(path, environ={})
+    assert str(config.path("data")) == "/from/file.csv"
+    assert config.student.epochs == 0.5
+    assert config.teacher.lora_layers == 2 and config.teacher.target_modules == ("q_proj",)
+    config = load_config(path, environ={DATA_ENV_VAR: "/from/env.csv"})
+    assert str(config.path("data")) == "/from/env.csv"
+    config = load_config(path, {"paths": {"data": "/flag.csv"}}, environ={DATA_ENV_VAR: "/env.csv"})
+    assert str(config.path("data")) == "/flag.csv"
+
+
+def test_saved_json_round_trips(tmp_path: Path) -> None:
+    config = load_config(overrides={"curve": {"augment_multiples": [2.0, 0.5]}}, environ={})
+    saved = config.save(tmp_path / "run" / "train_config.json")
+    again = load_config(saved, environ={})
+    assert again == config
+    assert again.curve.augment_multiples == (0.5, 2.0)
+    assert json.loads(saved.read_text())["teacher"]["lora_layers"] == config.teacher.lora_layers
+
+
+def test_fingerprint_follows_its_sections() -> None:
+    base = load_config(environ={})
+    changed = load_config(overrides={"student": {"learning_rate": 1e-4}}, environ={})
+    assert base.fingerprint("student") != changed.fingerprint("student")
+    assert base.fingerprint("teacher", "augment") == changed.fingerprint("teacher", "augment")
+    assert base.fingerprint("student", extra=1) != base.fingerprint("student", extra=2)
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {"student": {"no_such_knob": 1}},
+        {"split": {"train": 0.9, "validation": 0.1, "test": 0.1}},
+        {"curve": {"augment_multiples": [0.0]}},
+        {"student": {"batch_size": 0}},
+    ],
+)
+def test_invalid_values_are_rejected(overrides: dict) -> None:
+    with pytest.raises(ValidationError):
+        load_config(overrides=overrides, environ={})
+
+
+def test_unknown_file_type_is_rejected(tmp_path: Path) -> None:
+    (tmp_path / "c.yaml").write_text("a: 1")
+    with pytest.raises(ValueError, match=r"\.json or \.toml"):
+        load_config(tmp_path / "c.yaml")
+    with pytest.raises(FileNotFoundError):
+        load_config(tmp_path / "missing.json")
+
+
+def test_config_is_immutable() -> None:
+    config = TrainConfig()
+    with pytest.raises(ValidationError):
+        config.student = config.student  # type: ignore[misc]

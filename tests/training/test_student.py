@@ -1,0 +1,105 @@
+"""Student: one tokenization path, term marks, query-grouped batches, clean ONNX export."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from service.features import encode_pairs, load_tokenizer
+from training.config import StudentConfig
+from training.student import (
+    TERM_MATCH_TYPE_ID,
+    build_student,
+    load_student,
+    mark_term_matches,
+    predict_scores,
+    query_grouped_batches,
+    save_student,
+    special_token_ids,
+)
+
+
+def test_query_grouped_batches_cover_each_row_once_and_keep_queries_together() -> None:
+    groups = np.repeat(np.arange(10), [1, 2, 3, 4, 5, 6, 7, 8, 9, 10])
+    batches = query_grouped_batches(
+        groups, batch_size=8, items_per_query=4, rng=np.random.default_rng(0)
+    )
+    rows = np.concatenate(batches)
+    assert sorted(rows.tolist()) == list(range(len(groups)))
+    assert all(len(b) <= 8 for b in batches)
+    # Each batch holds at least one same-group pair whenever a chunk of >= 2 items is in it.
+    with_pairs = sum(len(set(groups[b])) < len(b) for b in batches)
+    assert with_pairs >= len(batches) - 1
+    # Items of one group sit contiguously in their batch (chunks are never split).
+    for b in batches:
+        g = groups[b]
+        assert len(np.flatnonzero(np.diff(g) != 0)) + 1 >= len(set(g))
+
+
+def test_query_grouped_batches_reject_bad_sizes() -> None:
+    with pytest.raises(ValueError):
+        query_grouped_batches(np.zeros(3, dtype=int), 2, 4, np.random.default_rng(0))
+
+
+def test_mark_term_matches(tiny_student_dir: Path) -> None:
+    tokenizer = load_tokenizer(tiny_student_dir / "tokenizer.json", 64)
+    batch = encode_pairs(
+        tokenizer, ["angle bracket", "drill"], ["Simpson angle bracket", "Deck box"]
+    )
+    marked = mark_term_matches(batch, special_token_ids(tokenizer))
+    assert np.array_equal(batch["input_ids"], marked["input_ids"])
+    row = marked["token_type_ids"][0]
+    words = [tokenizer.id_to_token(i) for i in batch["input_ids"][0]]
+    matched = {words[i] for i in np.flatnonzero(row == TERM_MATCH_TYPE_ID)}
+    assert matched == {"angle", "bracket"}
+    assert not (marked["token_type_ids"][1] == TERM_MATCH_TYPE_ID).any()
+    assert not (batch["token_type_ids"] == TERM_MATCH_TYPE_ID).any()  # input untouched
+
+
+def test_term_matching_student_starts_as_the_plain_one(
+    tiny_student_dir: Path, tmp_path: Path
+) -> None:
+    plain, tokenizer = build_student(StudentConfig(backbone=str(tiny_student_dir)))
+    marked, _ = build_student(StudentConfig(backbone=str(tiny_student_dir), term_matching=True))
+    queries, titles = ["angle bracket", "hose"], ["Simpson angle bracket", "Garden hose"]
+    # Row 2 copies row 1, so the marks change nothing before training.
+    assert np.allclose(
+        predict_scores(plain, tokenizer, queries, titles),
+        predict_scores(marked, tokenizer, queries, titles),
+    )
+    save_student(marked, str(tiny_student_dir), tmp_path / "marked", 64)
+    loaded, _ = load_student(tmp_path / "marked", 64)
+    assert loaded.config.term_matching and loaded.config.type_vocab_size == 3
+
+
+@pytest.mark.slow
+def test_default_student_exports_with_three_inputs(
+    tiny_student_dir: Path, saved_student_dir: Path, fp32_package: Path
+) -> None:
+    import onnx
+
+    from service.model_package import load_package
+
+    # The saved tokenizer truncates pairs like the service and does not pad.
+    saved_tokenizer = load_tokenizer(saved_student_dir / "tokenizer.json", 64)
+    assert (
+        saved_tokenizer.to_str() == load_tokenizer(tiny_student_dir / "tokenizer.json", 64).to_str()
+    )
+    graph = onnx.load(str(fp32_package / "model.fp32.onnx"))
+    assert [i.name for i in graph.graph.input] == ["input_ids", "attention_mask", "token_type_ids"]
+    assert load_package(fp32_package).manifest.inputs == [
+        "input_ids",
+        "attention_mask",
+        "token_type_ids",
+    ]
+    model, tokenizer = build_student(StudentConfig(backbone=str(tiny_student_dir), seed=1))
+    loaded, _ = load_student(saved_student_dir, 64)
+    queries, titles = ["angle bracket"], ["Simpson angle bracket"]
+    with torch.inference_mode():
+        assert np.allclose(
+            predict_scores(model, tokenizer, queries, titles),
+            predict_scores(loaded, tokenizer, queries, titles),
+        )

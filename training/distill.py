@@ -1,0 +1,253 @@
+"""Fit a student on human and teacher targets with the hybrid loss; keep the best checkpoint.
+
+Training rows carry a target score in [0, 1] and a group id. Human-labeled pairs use
+``grade_to_score(grade)``; teacher-labeled augmentation pairs use the teacher's score.
+Groups are (query, source) so a margin is only ever taken between two human targets or
+between two teacher targets of the same query, never across the two scales.
+
+The optimiser is AdamW with linear warm-up and decay. Validation pairwise accuracy is
+measured every ``eval_every_steps`` and at the end; the best state is what gets saved.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import math
+import random
+import shutil
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm import tqdm
+
+from training.config import LossConfig, StudentConfig
+from training.data import grade_to_score
+from training.evaluate import pairwise_accuracy
+from training.losses import HybridDistillationLoss
+from training.student import (
+    build_student,
+    encode_batch,
+    predict_scores,
+    query_grouped_batches,
+    save_student,
+)
+
+logger = logging.getLogger(__name__)
+
+RUN_RECORD = "run.json"
+TRAINING_COLUMNS = ("query", "query_key", "product_id", "title", "target", "source")
+
+
+def training_frame(
+    human: pd.DataFrame, teacher_labeled: pd.DataFrame | None = None
+) -> pd.DataFrame:
+    """Rows to fit: human pairs (target from the grade) plus teacher-labeled pairs.
+
+    ``teacher_labeled`` needs ``query``, ``query_key``, ``product_id``, ``title`` and
+    ``teacher_score``. Adds ``group``: one integer per (query, source).
+    """
+    parts = [human.assign(target=grade_to_score(human["grade"].astype(np.float64)), source="human")]
+    if teacher_labeled is not None and len(teacher_labeled):
+        parts.append(
+            teacher_labeled.assign(
+                target=teacher_labeled["teacher_score"].astype(np.float64), source="teacher"
+            )
+        )
+    frame = pd.concat([p.loc[:, list(TRAINING_COLUMNS)] for p in parts], ignore_index=True)
+    if frame["target"].isna().any() or not frame["target"].between(0.0, 1.0).all():
+        raise ValueError("training targets must lie in [0, 1]")
+    frame["group"] = pd.factorize(frame["source"] + "\x1f" + frame["query_key"])[0]
+    return frame
+
+
+def selection_subset(validation: pd.DataFrame, max_queries: int | None, seed: int) -> pd.DataFrame:
+    """Validation pairs for checkpoint selection: queries with two grades, a fixed sample."""
+    graded = validation.groupby("query_key")["grade"].transform("nunique") > 1
+    frame = validation[graded]
+    keys = np.sort(frame["query_key"].unique())
+    if max_queries is not None and len(keys) > max_queries:
+        keys = np.random.default_rng(seed).choice(keys, size=max_queries, replace=False)
+        frame = frame[frame["query_key"].isin(set(keys))]
+    return frame.reset_index(drop=True)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _lr_scale(step: int, warmup: int, total: int) -> float:
+    """Linear warm-up to 1, then linear decay to 0 at ``total``."""
+    if step < warmup:
+        return (step + 1) / max(1, warmup)
+    return max(0.0, (total - step) / max(1, total - warmup))
+
+
+def train_student(
+    train: pd.DataFrame,
+    validation: pd.DataFrame,
+    student: StudentConfig,
+    loss_config: LossConfig,
+    out_dir: Path,
+    record: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Fit a student on ``train`` (see :func:`training_frame`) and save the best checkpoint.
+
+    ``validation`` holds human-graded pairs (``query``, ``query_key``, ``title``,
+    ``grade``). Writes ``out_dir`` (``save_pretrained`` files, tokenizer files and
+    ``run.json`` = ``record`` plus the training history) atomically: ``run.json`` exists
+    only for a finished run. Returns the run record.
+    """
+    seed_everything(student.seed)
+    torch.set_num_threads(student.threads)
+    model, tokenizer = build_student(student)
+    loss_fn = HybridDistillationLoss(loss_config.pointwise_weight, loss_config.margin_weight)
+    rng = np.random.default_rng(student.seed)
+    groups = train["group"].to_numpy()
+    targets = torch.tensor(train["target"].to_numpy(), dtype=torch.float32)
+    queries, titles = train["query"].tolist(), train["title"].tolist()
+
+    epoch_batches = query_grouped_batches(groups, student.batch_size, student.items_per_query, rng)
+    total_steps = max(1, math.ceil(student.epochs * len(epoch_batches)))
+    if student.max_steps is not None:
+        total_steps = min(total_steps, student.max_steps)
+    warmup = int(student.warmup_ratio * total_steps)
+
+    no_decay = ("bias", "LayerNorm.weight")
+    params = [
+        {
+            "params": [p for n, p in model.named_parameters() if not n.endswith(no_decay)],
+            "weight_decay": student.weight_decay,
+        },
+        {
+            "params": [p for n, p in model.named_parameters() if n.endswith(no_decay)],
+            "weight_decay": 0.0,
+        },
+    ]
+    optimizer = torch.optim.AdamW(params, lr=student.learning_rate)
+
+    selection = selection_subset(validation, student.validation_queries, student.seed)
+
+    def validate() -> float:
+        scores = predict_scores(
+            model,
+            tokenizer,
+            selection["query"].tolist(),
+            selection["title"].tolist(),
+            student.eval_batch_size,
+        )
+        return pairwise_accuracy(
+            selection["query_key"].tolist(), selection["grade"].to_numpy(), scores
+        )
+
+    term_matching = bool(getattr(model.config, "term_matching", False))
+    if selection.empty:
+        logger.warning("no validation query with two grades: the final state is kept")
+
+    def batch_stream() -> Iterator[np.ndarray]:
+        yield from epoch_batches
+        while True:  # fractional or multiple epochs: a fresh grouping per epoch
+            yield from query_grouped_batches(
+                groups, student.batch_size, student.items_per_query, rng
+            )
+
+    history: list[dict[str, Any]] = []
+    best: dict[str, Any] = {"step": total_steps, "validation_pairwise_accuracy": None}
+    best_state: dict[str, torch.Tensor] | None = None
+    recent: list[tuple[float, float, float]] = []
+    started = time.monotonic()
+    pairs_seen = 0
+    model.train()
+    progress = tqdm(total=total_steps, desc=f"student {out_dir.name}", unit="step")
+    for step, index in zip(range(total_steps), batch_stream(), strict=False):
+        pairs_seen += len(index)
+        scale = _lr_scale(step, warmup, total_steps)
+        for group in optimizer.param_groups:
+            group["lr"] = student.learning_rate * scale
+        inputs = encode_batch(
+            tokenizer, [queries[i] for i in index], [titles[i] for i in index], term_matching
+        )
+        logits = model(**inputs).logits
+        terms = loss_fn.terms(logits, targets[index], torch.from_numpy(groups[index]))
+        loss = loss_fn.combine(terms)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), student.max_grad_norm)
+        optimizer.step()
+        recent = [*recent[-49:], (loss.item(), terms["pointwise"].item(), terms["margin"].item())]
+        progress.update(1)
+        done = step + 1
+        if done == total_steps or (not selection.empty and done % student.eval_every_steps == 0):
+            accuracy = validate() if not selection.empty else math.nan
+            mean = np.mean(recent, axis=0)
+            history.append(
+                {
+                    "step": done,
+                    "loss": float(mean[0]),
+                    "pointwise": float(mean[1]),
+                    "margin": float(mean[2]),
+                    "validation_pairwise_accuracy": accuracy,
+                    "elapsed_s": round(time.monotonic() - started, 1),
+                }
+            )
+            previous = best["validation_pairwise_accuracy"]
+            if not math.isnan(accuracy) and (previous is None or accuracy > previous):
+                best = {"step": done, "validation_pairwise_accuracy": accuracy}
+                # The final state needs no copy: it is what the model holds at the end.
+                best_state = None if done == total_steps else copy.deepcopy(model.state_dict())
+            progress.set_postfix(loss=f"{mean[0]:.4f}", val_acc=f"{accuracy:.4f}")
+        elif done % 10 == 0:
+            progress.set_postfix(loss=f"{np.mean([r[0] for r in recent]):.4f}")
+    progress.close()
+    elapsed = time.monotonic() - started
+    if best_state is not None:
+        model.load_state_dict(best_state)
+
+    result = {
+        **(record or {}),
+        "train_pairs": len(train),
+        "train_pairs_by_source": train["source"].value_counts().to_dict(),
+        "steps": total_steps,
+        "steps_per_epoch": len(epoch_batches),
+        "best_step": best["step"],
+        "validation_pairwise_accuracy": best["validation_pairwise_accuracy"],
+        "validation_selection": {
+            "queries": int(selection["query_key"].nunique()),
+            "pairs": len(selection),
+        },
+        "train_seconds": round(elapsed, 1),
+        "pairs_seen": pairs_seen,
+        # Includes the validation passes.
+        "pairs_per_second": round(pairs_seen / max(1e-9, elapsed), 1),
+        "history": history,
+        "loss": loss_fn.get_config_dict(),
+    }
+    tmp = out_dir.with_name(out_dir.name + ".tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    save_student(model, student.backbone, tmp, student.max_length)
+    (tmp / RUN_RECORD).write_text(json.dumps(result, indent=2, default=str) + "\n")
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    tmp.rename(out_dir)
+    logger.info(
+        "student saved to %s (best step %d, validation pairwise accuracy %.4f)",
+        out_dir,
+        best["step"],
+        best["validation_pairwise_accuracy"],
+    )
+    return result
+
+
+def read_run(out_dir: Path) -> dict[str, Any] | None:
+    """The record of a finished run, or None."""
+    path = out_dir / RUN_RECORD
+    return json.loads(path.read_text()) if path.is_file() else None
