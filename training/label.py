@@ -41,7 +41,8 @@ def read_labels(path: Path) -> pd.DataFrame:
     if not path.is_file():
         return pd.DataFrame(columns=list(LABEL_COLUMNS))
     frame = pd.read_csv(path, dtype={"query_key": str, "product_id": str}, on_bad_lines="skip")
-    frame = frame.dropna(subset=["teacher_score"])
+    # A row torn by a kill mid-write lacks its last fields: drop it (it gets relabeled).
+    frame = frame.dropna(subset=list(LABEL_COLUMNS))
     return frame.drop_duplicates(["query_key", "product_id"], keep="last").reset_index(drop=True)
 
 
@@ -69,6 +70,13 @@ def label_pairs(
     ]
     path.parent.mkdir(parents=True, exist_ok=True)
     new_file = not path.is_file() or path.stat().st_size == 0
+    if not new_file:
+        with open(path, "rb") as existing:
+            existing.seek(-1, 2)
+            torn = existing.read(1) not in (b"\n", b"\r")
+        if torn:  # end a torn last row so the next row does not get glued onto it
+            with open(path, "a", newline="") as handle:
+                handle.write("\r\n")
     started = time.monotonic()
     with (
         open(path, "a", newline="") as handle,
