@@ -14,10 +14,11 @@ Steps (all through optimum, never a hand-written ``torch.onnx.export``):
      ``keep_io_types=True``, so inputs stay int64 and logits stay float32), then the
      onnxruntime.transformers conversion of the plain export. onnxconverter-common's
      ``keep_io_types`` is avoided: its graph fails to load (see TOOLCHAIN.md).
-   - ``int8`` (for the CPU EP): ORTQuantizer dynamic quantization, per-channel on all
-     quantizable operators, then per-channel on MatMul only (embeddings, pooler and
-     classifier, which are Gather/Gemm, stay FP32), then MatMul only with the
-     feed-forward output projections left in FP32 too.
+   - ``int8`` (for the CPU EP): ORTQuantizer dynamic per-channel quantization, first of
+     every quantizable operator (optimum's default), then restricted to weight MatMuls
+     and the embedding Gathers (attention-score MatMuls, pooler and classifier stay
+     FP32), then that with the last encoder layer in FP32 too, then only the attention
+     projections (feed-forward in FP32).
 
    Gate for fp16/int8 (against the chosen FP32 graph, on the validation queries):
    pairwise accuracy drops by at most 0.005 and the mean per-query Kendall tau is at
@@ -38,6 +39,7 @@ import json
 import logging
 import math
 import platform
+import re
 import shutil
 import tempfile
 import warnings
@@ -46,7 +48,7 @@ from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -61,6 +63,9 @@ from service.model_package import (
     sha256_file,
     write_manifest,
 )
+
+if TYPE_CHECKING:
+    import onnx
 
 logger = logging.getLogger(__name__)
 
@@ -330,21 +335,26 @@ def _fp16_convert(export_dir: Path, work_dir: Path) -> Path:
     return work_dir / "model.onnx"
 
 
+NodeFilter = Callable[["onnx.GraphProto"], list[str]]
+
+
 def _quantize(
-    *, operators: list[str] | None = None, exclude_ffn_output: bool = False
+    *, operators: list[str] | None = None, exclude: Sequence[NodeFilter] = ()
 ) -> Callable[[Path, Path], Path]:
     def make(export_dir: Path, work_dir: Path) -> Path:
+        import onnx
         from optimum.onnxruntime import ORTQuantizer
         from optimum.onnxruntime.configuration import AutoQuantizationConfig
 
-        excluded = _ffn_output_nodes(export_dir / "model.onnx") if exclude_ffn_output else None
+        graph = onnx.load(str(export_dir / "model.onnx"), load_external_data=False).graph
+        excluded = sorted({name for select in exclude for name in select(graph)})
         # Dynamic (no calibration set), per-channel: per-tensor INT8 reordered rankings
         # badly on this model (TOOLCHAIN.md). The target CPUs have AVX-512 VNNI.
         config = AutoQuantizationConfig.avx512_vnni(
             is_static=False,
             per_channel=True,
             operators_to_quantize=operators,
-            nodes_to_exclude=excluded,
+            nodes_to_exclude=excluded or None,
         )
         with _quiet():
             quantizer = ORTQuantizer.from_pretrained(export_dir, file_name="model.onnx")
@@ -354,20 +364,59 @@ def _quantize(
     return make
 
 
-def _ffn_output_nodes(graph_path: Path) -> list[str]:
-    """The feed-forward output projections (``layer.N/output/dense``).
+def _activation_matmuls(graph: onnx.GraphProto) -> list[str]:
+    """MatMuls of two activations (attention scores, attention x values).
 
-    Their inputs (after GELU) carry the activation outliers that hurt BERT INT8 most
-    (Bondarenko et al., 2021), so keeping them in FP32 is the cheapest accuracy repair.
+    Dynamic quantization would quantize the softmax probabilities to 8 bits; weight
+    MatMuls (one input an initializer) are the ones worth quantizing.
     """
-    import onnx
-
-    graph = onnx.load(str(graph_path), load_external_data=False).graph
+    weights = {init.name for init in graph.initializer}
+    weights |= {out for n in graph.node if n.op_type == "Constant" for out in n.output}
     return [
         n.name
         for n in graph.node
-        if n.op_type == "MatMul" and "/output/dense/" in n.name and "/attention/" not in n.name
+        if n.op_type == "MatMul" and not any(i in weights for i in n.input)
     ]
+
+
+def _last_layer(graph: onnx.GraphProto) -> list[str]:
+    """Nodes of the last encoder layer, closest to the score and so most sensitive."""
+    layers = {int(m.group(1)) for n in graph.node if (m := _LAYER.search(n.name))}
+    if not layers:
+        return []
+    last = f"/layer.{max(layers)}/"
+    return [n.name for n in graph.node if last in n.name]
+
+
+def _feed_forward(graph: onnx.GraphProto) -> list[str]:
+    """Feed-forward MatMuls (``intermediate`` and the layer ``output`` projection).
+
+    The FFN output's inputs carry the activation outliers that hurt BERT INT8 most
+    (Bondarenko et al., 2021); keeping the FFN in FP32 is the last, slowest resort.
+    """
+    return [
+        n.name
+        for n in graph.node
+        if n.op_type == "MatMul"
+        and (
+            "/intermediate/" in n.name
+            or ("/output/dense/" in n.name and "/attention/" not in n.name)
+        )
+    ]
+
+
+_LAYER = re.compile(r"/layer\.(\d+)/")
+
+
+def _int8_build(operators: Any, kept_fp32: str) -> dict[str, Any]:
+    return {
+        "tool": "optimum ORTQuantizer",
+        "mode": "dynamic",
+        "per_channel": True,
+        "config": "avx512_vnni",
+        "operators": operators,
+        "kept_fp32": kept_fp32,
+    }
 
 
 RECIPES: dict[str, list[Recipe]] = {
@@ -398,40 +447,36 @@ RECIPES: dict[str, list[Recipe]] = {
             _fp16_convert,
         ),
     ],
+    # Fastest first. Every recipe but the first keeps the pooler/classifier (Gemm) in FP32.
     "int8": [
         Recipe(
             "dynamic-per-channel",
-            {
-                "tool": "optimum ORTQuantizer",
-                "mode": "dynamic",
-                "per_channel": True,
-                "operators": "default",
-                "config": "avx512_vnni",
-            },
+            _int8_build("all quantizable (optimum default)", "none"),
             _quantize(),
         ),
         Recipe(
-            "dynamic-per-channel-matmul",
-            {
-                "tool": "optimum ORTQuantizer",
-                "mode": "dynamic",
-                "per_channel": True,
-                "operators": ["MatMul"],
-                "config": "avx512_vnni",
-            },
-            _quantize(operators=["MatMul"]),
+            "dynamic-per-channel-weights",
+            _int8_build(
+                ["MatMul", "Gather"],
+                "activation x activation MatMuls, pooler, classifier",
+            ),
+            _quantize(operators=["MatMul", "Gather"], exclude=[_activation_matmuls]),
         ),
         Recipe(
-            "dynamic-per-channel-matmul-fp32-ffn-output",
-            {
-                "tool": "optimum ORTQuantizer",
-                "mode": "dynamic",
-                "per_channel": True,
-                "operators": ["MatMul"],
-                "excluded": "feed-forward output MatMuls",
-                "config": "avx512_vnni",
-            },
-            _quantize(operators=["MatMul"], exclude_ffn_output=True),
+            "dynamic-per-channel-weights-fp32-last-layer",
+            _int8_build(
+                ["MatMul", "Gather"],
+                "activation x activation MatMuls, last encoder layer, pooler, classifier",
+            ),
+            _quantize(operators=["MatMul", "Gather"], exclude=[_activation_matmuls, _last_layer]),
+        ),
+        Recipe(
+            "dynamic-per-channel-attention-projections",
+            _int8_build(
+                ["MatMul", "Gather"],
+                "activation x activation MatMuls, feed-forward MatMuls, pooler, classifier",
+            ),
+            _quantize(operators=["MatMul", "Gather"], exclude=[_activation_matmuls, _feed_forward]),
         ),
     ],
 }

@@ -275,3 +275,23 @@ def test_run_export_stage(tiny_student_dir: Path, tmp_path: Path) -> None:
     assert manifest.provenance["teacher"] == "fake"
     summary = export.summarize(out)
     assert "fp32: model.fp32.onnx" in summary and "max|diff| vs torch" in summary
+
+
+def test_int8_node_selectors(tiny_student_dir: Path, tmp_path: Path) -> None:
+    export._main_export(tiny_student_dir, tmp_path / "export")
+    graph = onnx.load(str(tmp_path / "export" / "model.onnx")).graph
+    assert sorted(export._activation_matmuls(graph)) == [
+        f"/bert/encoder/layer.{i}/attention/self/MatMul{s}" for i in (0, 1) for s in ("", "_1")
+    ]
+    assert export._last_layer(graph) and all("/layer.1/" in n for n in export._last_layer(graph))
+    assert sorted(export._feed_forward(graph)) == [
+        f"/bert/encoder/layer.{i}/{m}/dense/MatMul"
+        for i in (0, 1)
+        for m in ("intermediate", "output")
+    ]
+    # Each restricted recipe builds a graph that runs.
+    pairs = [("angle bracket", "Simpson Strong-Tie 12-Gauge Angle")]
+    for recipe in export.RECIPES["int8"]:
+        graph_path = recipe.make(tmp_path / "export", tmp_path / recipe.label)
+        scores = onnx_scores(graph_path, tiny_student_dir / "tokenizer.json", MAX_LENGTH, pairs)
+        assert np.isfinite(scores).all(), recipe.label
