@@ -51,6 +51,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from pydantic import ValidationError
 
 from service.features import encode_pairs, load_tokenizer
 from service.model_package import (
@@ -758,7 +759,10 @@ def _build_manifest(
         "provenance": provenance,
         **extra,
     }
-    return Manifest.model_validate(fields)
+    try:
+        return Manifest.model_validate(fields)
+    except ValidationError as exc:
+        raise ExportError(f"the manifest would be invalid:\n{exc}") from exc
 
 
 def _replace_dir(new: Path, target: Path, backup: Path) -> None:

@@ -295,3 +295,17 @@ def test_int8_node_selectors(tiny_student_dir: Path, tmp_path: Path) -> None:
         graph_path = recipe.make(tmp_path / "export", tmp_path / recipe.label)
         scores = onnx_scores(graph_path, tiny_student_dir / "tokenizer.json", MAX_LENGTH, pairs)
         assert np.isfinite(scores).all(), recipe.label
+
+
+def test_unknown_manifest_key_is_refused(tiny_student_dir: Path, tmp_path: Path) -> None:
+    with pytest.raises(ExportError, match="manifest would be invalid"):
+        export_package(
+            tiny_student_dir,
+            tmp_path / "pkg",
+            name="pkg",
+            version="1",
+            max_length=MAX_LENGTH,
+            variants=("fp32",),
+            extra_manifest={"colour": "blue"},
+        )
+    assert not (tmp_path / "pkg").exists()
