@@ -1,0 +1,69 @@
+"""Benchmark reporting: the figures picked from a ladder, the ratios, the table and the plot."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from loadtest.bench import QUICK, HttpResult, assemble, plot, summary_table
+from loadtest.stats import Slo
+from loadtest.workload import Catalogue, Mix
+
+
+def _level(concurrency: int, pairs_per_s: float, p99_ms: float, held: bool) -> dict:
+    return {
+        "concurrency": concurrency,
+        "requests": 10,
+        "failures": 0,
+        "errors_by_status": {},
+        "requests_per_s": 1.0,
+        "pairs_per_s": pairs_per_s,
+        "p50_ms": p99_ms / 2,
+        "p95_ms": p99_ms,
+        "p99_ms": p99_ms,
+        "slo": {"held": held, "compliance": 1.0 if held else 0.5},
+    }
+
+
+def _figures() -> dict:
+    service = HttpResult("service", [_level(1, 500, 80, True), _level(4, 1500, 200, True),
+                                     _level(16, 1800, 900, False)])  # fmt: skip
+    naive = HttpResult("naive", [_level(1, 300, 300, True), _level(4, 350, 1200, False)])
+    peer = HttpResult("infinity", error="infinity: setup_infinity.sh failed: no wheel")
+    args = argparse.Namespace(quick=True, model=Path("models/x"), provider="cpu", variant="auto",
+                              threads=0)  # fmt: skip
+    return assemble(
+        args,
+        QUICK,
+        Slo(500, 100),
+        {"name": "x", "version": "1", "max_length": 64},
+        Catalogue.synthetic(),
+        Mix(),
+        {"pairs_per_s": 2000.0, "batch_size": 32, "variant": "fp32", "provider": "CPU"},
+        {"error": "not installed"},
+        {"service": service, "naive": naive, "infinity": peer},
+    )
+
+
+def test_figures_pick_highest_load_within_slo_and_ratios() -> None:
+    figures = _figures()
+    service = figures["http"]["service"]
+    assert service["pairs_per_s_at_slo"] == 1500 and service["concurrency_at_slo"] == 4
+    assert service["p99_ms_at_moderate"] == 200 and service["peak_pairs_per_s"] == 1800
+    assert figures["http"]["infinity"] == {"error": "infinity: setup_infinity.sh failed: no wheel"}
+    assert figures["ratios"]["service_over_naive"] == 5.0
+    assert figures["ratios"]["service_over_ceiling"] == 0.75
+    assert figures["ratios"]["service_over_peer"] is None
+    assert figures["targets"]["service_over_naive"]["met"] is True
+    assert figures["targets"]["service_over_ceiling"]["met"] is False
+    json.dumps(figures, allow_nan=False)
+
+
+def test_table_and_plot(tmp_path: Path) -> None:
+    figures = _figures()
+    table = summary_table(figures)
+    assert "not measured: infinity: setup_infinity.sh failed" in table
+    assert "service_over_naive" in table
+    path = plot(figures, tmp_path / "plot.png")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
