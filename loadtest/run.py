@@ -25,6 +25,7 @@ import json
 import os
 import sys
 import time
+import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -71,9 +72,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     load.add_argument("--wait-ms", default="0", help="think time MIN-MAX ms (0: closed loop)")
     load.add_argument("--data", type=Path, help=f"data file (default ${DATA_ENV} or shared data)")
     load.add_argument("--seed", type=int, default=0)
-    slo = p.add_argument_group("SLO (defaults: the service's)")
-    slo.add_argument("--slo-ms", type=float, default=250.0, help="latency budget per slo-items")
-    slo.add_argument("--slo-items", type=int, default=100)
+    slo = p.add_argument_group("SLO (defaults: what the target's /info reports)")
+    slo.add_argument("--slo-ms", type=float, help="latency budget per slo-items requests")
+    slo.add_argument("--slo-items", type=int)
     slo.add_argument("--slo-target", type=float, default=0.99, help="share of requests in budget")
     p.add_argument("--out", type=Path, help="result JSON (default runs/loadtest/<time>.json)")
     args = p.parse_args(argv)
@@ -92,8 +93,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.environ["LOADTEST_MAX_REQUESTS"] = str(args.max_requests)
     if args.data:
         os.environ[DATA_ENV] = str(args.data)
-    slo = Slo(args.slo_ms, args.slo_items, args.slo_target)
-
     server: ServerProcess | None = None
     try:
         if args.url:
@@ -113,6 +112,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             server.stop()
         return EXIT_CANNOT_RUN
 
+    slo = target_slo(url, args.slo_ms, args.slo_items, args.slo_target)
     try:
         before = batch_stats(url)
         samples, elapsed_s = run_locust(
@@ -141,6 +141,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(report(result))
     print(f"saved {out}")
     return 0 if result["slo"]["held"] else EXIT_SLO_MISSED
+
+
+def target_slo(url: str, latency_ms: float | None, items: int | None, target: float) -> Slo:
+    """Flags first, then the SLO the target's ``/info`` reports, then the service defaults."""
+    reported: dict[str, Any] = {}
+    try:
+        with urllib.request.urlopen(url + "/info", timeout=5) as r:
+            reported = json.loads(r.read()).get("slo") or {}
+    except (OSError, ValueError):
+        pass
+    if not reported:
+        from service.settings import Settings
+
+        defaults = Settings()
+        reported = {"latency_ms": defaults.slo_latency_ms, "per_items": defaults.slo_items}
+    return Slo(
+        latency_ms or float(reported["latency_ms"]), items or int(reported["per_items"]), target
+    )
 
 
 def run_locust(
