@@ -112,10 +112,10 @@ def create_app(
             collector(registry=registry)
     metrics = Metrics(registry, settings.slo_window_s)
     if teacher_loader is None and settings.teacher_dir is not None:
-        teacher_dir = settings.teacher_dir
+        teacher_dir, threads = settings.teacher_dir, settings.teacher_threads
 
         def teacher_loader() -> ShadowScorer:
-            return load_teacher_scorer(teacher_dir)
+            return load_teacher_scorer(teacher_dir, threads)
 
     app = FastAPI(
         title="Relevance scoring service",

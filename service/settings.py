@@ -72,6 +72,9 @@ class Settings(BaseSettings):
 
     # Teacher shadow
     teacher_dir: Path | None = None
+    teacher_threads: int = Field(
+        1, ge=0, description="torch threads for the teacher (0 = torch's default)."
+    )
     shadow_concurrency: int = Field(1, ge=1, description="Concurrent /shadow/score requests.")
     shadow_max_items: int = Field(100, ge=1)
     shadow_timeout_s: float = Field(120.0, gt=0)

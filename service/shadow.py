@@ -42,11 +42,11 @@ class ShadowScorer(Protocol):
     def score(self, queries: list[str], texts: list[str]) -> np.ndarray: ...
 
 
-def load_teacher_scorer(teacher_dir: Path) -> ShadowScorer:
+def load_teacher_scorer(teacher_dir: Path, threads: int = 1) -> ShadowScorer:
     """Load the real teacher (imports torch via ``training.teacher``, so only on demand)."""
     from training.teacher import load_teacher
 
-    return load_teacher(teacher_dir)
+    return load_teacher(teacher_dir, threads=threads or None)
 
 
 def spearman(a: np.ndarray, b: np.ndarray) -> float | None:

@@ -227,6 +227,7 @@ async def rerank(
 @router.post(
     "/shadow/score",
     response_model=ScoreResponse,
+    response_model_exclude_none=True,
     summary="Score with the LLM teacher (slow, limited concurrency)",
     description=(
         "Same request and answer as `/score`, scored by the teacher the student was "
