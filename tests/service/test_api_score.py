@@ -79,7 +79,7 @@ def test_batched_scores_equal_one_pair_at_a_time(make_app: Callable[..., FastAPI
 
 
 def test_concurrent_requests_share_batches(make_app: Callable[..., FastAPI]) -> None:
-    app = make_app(max_batch_size=64, max_wait_ms=20)
+    app = make_app(max_batch_size=64, max_wait_ms=50)
     requests = [make_texts(4, seed=s) for s in range(16)]
 
     async def body() -> None:
@@ -321,8 +321,12 @@ def test_expired_deadline_gives_504_and_skips_the_work(make_app: Callable[..., F
             )
             assert r.status_code == 504, r.text
             assert r.json()["field"] is None and "deadline_ms" in r.json()["error"]
-            await asyncio.sleep(2.2)  # the batcher reaches the skipped pairs
+            for _ in range(500):  # the batcher reaches the skipped pairs after max_wait_ms
+                if metric(app, "relevance_dropped_pairs_total", {"reason": "cancelled"}):
+                    break
+                await asyncio.sleep(0.01)
             assert metric(app, "relevance_dropped_pairs_total", {"reason": "cancelled"}) == 2
+            assert metric(app, "relevance_batch_size_pairs_count") == 0  # nothing ran
             assert metric(app, "relevance_inflight_pairs") == 0
             ok = await client.post(
                 "/score", json={"query": QUERY, "items": ["a"], "deadline_ms": 5000}

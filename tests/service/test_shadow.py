@@ -110,7 +110,7 @@ def test_shadow_busy_is_429_and_slow_is_504(make_app: Callable[..., FastAPI]) ->
             busy = first if first.status_code == 429 else second
             assert int(busy.headers["Retry-After"]) >= 1
             # The slot frees when the teacher thread ends, not when the client gave up.
-            await asyncio.sleep(0.4)
+            await asyncio.sleep(0.8)
             r = await client.post("/shadow/score", json=payload)
             assert r.status_code == 504
 
