@@ -113,6 +113,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_CANNOT_RUN
 
     slo = target_slo(url, args.slo_ms, args.slo_items, args.slo_target)
+    if args.shadow_share > 0:
+        print(
+            "note: /shadow/score answers 503 unless the service has a teacher "
+            "(RELEVANCE_TEACHER_DIR) and 429 while its teacher slots are busy; those count "
+            "as failures but not against the SLO",
+            flush=True,
+        )
     try:
         before = batch_stats(url)
         samples, elapsed_s = run_locust(
