@@ -34,6 +34,12 @@ test: $(STAMP)
 	$(PY) -m pytest -q -p no:cacheprovider; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi; exit $$rc
 
+bench: $(STAMP)
+	$(PY) -m loadtest.bench $(ARGS)
+
+loadtest: $(STAMP)
+	$(PY) -m loadtest.run $(ARGS)
+
 lint: $(STAMP)
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
