@@ -457,7 +457,39 @@ def _score_systems(
             )
         )
         logger.info("scored %s", scored[-1].name)
+    scored.extend(_score_package(config, frame, sample))
     return scored
+
+
+def _score_package(config: TrainConfig, frame: pd.DataFrame, sample: pd.DataFrame) -> list[_Scored]:
+    """The shipped default package, as the service runs it, when one verifies."""
+    from service.model_package import ModelPackageError
+    from training.evaluate import PackageScorer, latency_ms_per_pair
+
+    try:
+        package = PackageScorer(
+            config.default_package_dir, config.evaluate.threads, config.evaluate.batch_size
+        )
+    except ModelPackageError as exc:
+        logger.info("no served package row: %s", exc)
+        return []
+    lat_queries, lat_titles = sample["query"].tolist(), sample["title"].tolist()
+    run = package.manifest.provenance.get("student", {}).get("run", "?")
+    return [
+        _Scored(
+            package.name,
+            "package",
+            package.score(frame["query"].tolist(), frame["title"].tolist()),
+            calibrated=True,
+            latency_ms_per_pair=latency_ms_per_pair(
+                lambda rows: package.score(lat_queries[rows], lat_titles[rows]),
+                len(sample),
+                config.evaluate.batch_size,
+            ),
+            notes=f"exported from the student run {run}; its numbers are those of the package "
+            "on disk when this report was made",
+        )
+    ]
 
 
 def _teacher_latency(config: TrainConfig, sample: pd.DataFrame) -> float | None:
@@ -575,8 +607,9 @@ def stage_evaluate(
             "description": (
                 f"wall time to score a fixed sample of {len(sample)} {settings.split} pairs "
                 f"(the teacher: the first {min(settings.teacher_latency_pairs, len(sample))} "
-                f"of them) in batches of {settings.batch_size} on {settings.threads} CPU "
-                "threads, PyTorch FP32, divided by the number of pairs."
+                f"of them) in batches of {settings.batch_size} with {settings.threads} CPU "
+                "thread(s), PyTorch FP32 unless the row says ONNX, divided by the number of "
+                "pairs."
             ),
         },
         "slices": slices.describe(),

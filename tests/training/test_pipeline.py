@@ -175,6 +175,13 @@ def test_tiny_end_to_end(
     stamp = (package_dir / "manifest.json").stat().st_mtime_ns
     assert stage_export(config) == package_dir  # up to date: skipped
     assert (package_dir / "manifest.json").stat().st_mtime_ns == stamp
+    # Once a package is shipped, the report also scores it the way the service does.
+    served = [s for s in stage_evaluate(config)["systems"] if s["kind"] == "package"]
+    assert len(served) == 1 and "ONNX fp32" in served[0]["name"]
+    exported = next(s for s in saved["systems"] if s["name"] == f"student: {chosen}")
+    assert served[0]["metrics"]["pairwise_accuracy"] == pytest.approx(
+        exported["metrics"]["pairwise_accuracy"], abs=0.02
+    )
 
 
 def test_ensure_default_keeps_a_verified_package(
