@@ -192,8 +192,16 @@ def teacher_labeled_augmentation(config: TrainConfig, dataset: Dataset, size: in
 # --------------------------------------------------------------------------- teacher
 
 
-def _json_normal(value: Any) -> Any:
-    return json.loads(json.dumps(value, default=list))
+# Teacher settings that change how a run goes, not what it learns: a checkpoint or package
+# made with other values is still the same teacher.
+_TEACHER_RUNTIME_FIELDS = ("threads", "checkpoint_every")
+
+
+def _teacher_identity(config: dict[str, Any] | None) -> dict[str, Any] | None:
+    if config is None:
+        return None
+    normal = json.loads(json.dumps(config, default=list))
+    return {k: v for k, v in normal.items() if k not in _TEACHER_RUNTIME_FIELDS}
 
 
 def stage_teacher(
@@ -203,13 +211,13 @@ def stage_teacher(
     from training.teacher import train_teacher, write_teacher_package
 
     package = config.teacher_package_dir
-    wanted = _json_normal(asdict(config.teacher))
+    wanted = _teacher_identity(asdict(config.teacher))
     dataset = load_dataset(config)
     manifest_path = package / "manifest.json"
     if manifest_path.is_file() and not force:
         manifest = json.loads(manifest_path.read_text())
         if (
-            manifest.get("config") == wanted
+            _teacher_identity(manifest.get("config")) == wanted
             and manifest.get("data", {}).get("sha256") == dataset.sha256
         ):
             logger.info("teacher package %s is up to date; skipping", package)
@@ -217,12 +225,18 @@ def stage_teacher(
     work_dir = config.path("runs_dir") / "teacher"
     state_file = work_dir / "checkpoint" / "state.json"
     if state_file.is_file():
-        previous = json.loads(state_file.read_text()).get("config")
+        previous = _teacher_identity(json.loads(state_file.read_text()).get("config"))
         if previous != wanted:
             if not force:
+                differs = ", ".join(
+                    f"{key}: checkpoint {(previous or {}).get(key)!r}, config {wanted.get(key)!r}"
+                    for key in sorted(set(previous or {}) | set(wanted))
+                    if (previous or {}).get(key) != wanted.get(key)
+                )
                 raise PipelineError(
-                    f"{state_file} belongs to a different teacher config; pass --force to "
-                    "discard that checkpoint and start over"
+                    f"{state_file} was trained with another teacher config ({differs}); set "
+                    "those values (e.g. --set teacher.train_pairs=...) to continue it, or pass "
+                    "--force to discard it and start over"
                 )
             shutil.rmtree(work_dir / "checkpoint")
     train = dataset.splits["train"]

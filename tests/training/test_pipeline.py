@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pandas as pd
@@ -104,6 +105,12 @@ def test_tiny_end_to_end(
     manifest_time = (package / "manifest.json").stat().st_mtime_ns
     assert stage_teacher(config) == package
     assert (package / "manifest.json").stat().st_mtime_ns == manifest_time
+    # Thread count is not part of the teacher's identity; the LoRA rank is.
+    threads = replace(config.teacher, threads=2, checkpoint_every=7)
+    assert stage_teacher(config.model_copy(update={"teacher": threads})) == package
+    rank = replace(config.teacher, lora_r=8)
+    with pytest.raises(PipelineError, match="lora_r: checkpoint 4, config 8"):
+        stage_teacher(config.model_copy(update={"teacher": rank}))
 
     # label: a fixed sample of test queries, then the augmentation prefix of the curve
     (size,) = curve_sizes(config, dataset)
