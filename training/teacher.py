@@ -68,7 +68,7 @@ class TeacherConfig:
     learning_rate: float = 2e-4
     head_learning_rate: float = 1e-3
     batch_size: int = 16
-    train_pairs: int = 4000
+    train_pairs: int = 1600
     warmup_steps: int = 20
     checkpoint_every: int = 25
     seed: int = 13
