@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 from collections.abc import Sequence
 from pathlib import Path
 
 import uvicorn
+from fastapi import FastAPI
 
 from service.app import create_app
 from service.settings import Settings
@@ -34,19 +36,25 @@ def parse_settings(argv: Sequence[str] | None = None) -> Settings:
     return Settings(**{k: v for k, v in flags.items() if v is not None})
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    settings = parse_settings(argv)
+def serve(app: FastAPI, settings: Settings) -> None:
+    """Run ``app`` under uvicorn with the settings' address, logging and graceful shutdown."""
     logging.basicConfig(
         level=settings.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     uvicorn.run(
-        create_app(settings),
+        app,
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,
-        timeout_graceful_shutdown=int(settings.shutdown_timeout_s),
+        # uvicorn takes whole seconds; rounding down would turn 0.5 s into "cancel at once".
+        timeout_graceful_shutdown=math.ceil(settings.shutdown_timeout_s),
     )
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    settings = parse_settings(argv)
+    serve(create_app(settings), settings)
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from importlib import metadata
+from typing import Any
 
 from fastapi import FastAPI
 from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector, ProcessCollector
@@ -20,7 +21,7 @@ from service.batcher import BatcherConfig
 from service.engine import ScoringEngine
 from service.errors import install_error_handlers
 from service.metrics import Metrics
-from service.middleware import BodySizeLimit, RequestMetrics
+from service.middleware import BodySizeLimit, LoadShedding, LoopLag, RequestMetrics
 from service.settings import Settings
 from service.shadow import ShadowScorer, TeacherShadow, load_teacher_scorer
 
@@ -43,6 +44,18 @@ def _version() -> str:
         return "0.0.0"
 
 
+def batcher_config(settings: Settings) -> BatcherConfig:
+    """The batcher's limits from the settings (admission latency from the SLO)."""
+    return BatcherConfig(
+        max_batch_size=settings.max_batch_size,
+        max_batch_tokens=settings.max_batch_tokens,
+        max_wait_ms=settings.max_wait_ms,
+        max_queue_pairs=settings.max_queue_pairs,
+        admit_latency_s=settings.slo_latency_ms / 1000 * settings.admission_slo_factor,
+        admit_items=settings.slo_items,
+    )
+
+
 def load_engine(settings: Settings, metrics: Metrics) -> ScoringEngine:
     """The production engine: the settings unpacked into plain values."""
     return ScoringEngine.from_package_dir(
@@ -52,12 +65,7 @@ def load_engine(settings: Settings, metrics: Metrics) -> ScoringEngine:
         variant=settings.variant,
         intra_op_threads=settings.intra_op_threads,
         intra_op_spinning=settings.intra_op_spinning,
-        batcher_config=BatcherConfig(
-            max_batch_size=settings.max_batch_size,
-            max_batch_tokens=settings.max_batch_tokens,
-            max_wait_ms=settings.max_wait_ms,
-            max_queue_pairs=settings.max_queue_pairs,
-        ),
+        batcher_config=batcher_config(settings),
         tokenizer_threads=settings.tokenizer_threads,
         warmup=settings.warmup,
     )
@@ -84,17 +92,57 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     )
     await engine.start()
     await shadow.start()
+    loop_lag = LoopLag()
+    loop_lag.start()
     app.state.engine = engine
     app.state.shadow = shadow
+    app.state.loop_lag = loop_lag
     try:
         yield
     finally:
+        await loop_lag.stop()
+        app.state.loop_lag = None
         # uvicorn has stopped accepting and let open requests finish; drain what is left.
         log.info("shutting down: finishing %d queued pairs", engine.batcher.pending_pairs)
         await engine.stop(settings.shutdown_timeout_s)
         await shadow.stop()
         app.state.engine = None
         app.state.shadow = None
+
+
+def publish_limits(app: FastAPI, settings: Settings) -> None:
+    """Write the configured limits into the OpenAPI schema (item counts, deadline).
+
+    The request models are defined before the settings exist; without this the schema
+    would call requests valid that the server refuses, and clients and fuzzers generated
+    from it would be wrong.
+    """
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is not None:
+            return app.openapi_schema
+        spec = build()
+        schemas = spec.get("components", {}).get("schemas", {})
+        limits = {
+            ("ScoreRequest", "items"): {"maxItems": settings.max_items},
+            ("ShadowScoreRequest", "items"): {
+                "maxItems": min(settings.max_items, settings.shadow_max_items)
+            },
+            ("RerankRequest", "texts"): {"maxItems": settings.max_items},
+        }
+        for (model, field), extra in limits.items():
+            if field in schemas.get(model, {}).get("properties", {}):
+                schemas[model]["properties"][field].update(extra)
+        for model in ("ScoreRequest", "ShadowScoreRequest"):
+            deadline = schemas.get(model, {}).get("properties", {}).get("deadline_ms", {})
+            for option in deadline.get("anyOf", []):
+                if option.get("type") == "integer":
+                    option["maximum"] = settings.max_deadline_ms
+        app.openapi_schema = spec
+        return spec
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 def create_app(
@@ -122,11 +170,15 @@ def create_app(
         version=_version(),
         description=DESCRIPTION,
         lifespan=lifespan,
+        # A body without Content-Type is read as JSON (what require_json promises); FastAPI's
+        # strict default would hand the handler raw bytes and answer a puzzling 422.
+        strict_content_type=False,
     )
     app.state.settings = settings
     app.state.metrics = metrics
     app.state.engine = None
     app.state.shadow = None
+    app.state.loop_lag = None
     app.state.engine_factory = engine_factory or load_engine
     app.state.teacher_loader = teacher_loader
     install_error_handlers(app)
@@ -134,7 +186,14 @@ def create_app(
     app.include_router(health.router)
     if settings.admin_token is not None:
         app.include_router(admin.router)
+    publish_limits(app, settings)
     app.add_middleware(BodySizeLimit, max_body_bytes=settings.max_body_bytes)
+    # Outside the body limit: shed load before reading bodies at all.
+    app.add_middleware(
+        LoadShedding,
+        max_in_flight=settings.max_concurrent_requests,
+        max_loop_lag_s=settings.max_loop_lag_ms / 1000,
+    )
     # Added last, so outermost: it also times requests the body limit refuses.
     app.add_middleware(
         RequestMetrics,

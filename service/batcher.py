@@ -51,6 +51,13 @@ class BatcherConfig:
     max_batch_tokens: int = 16384
     max_wait_ms: float = 2.0
     max_queue_pairs: int = 4096
+    # Latency-aware admission (0 = off): a request of n pairs is refused (429) when the
+    # admitted pairs plus its own would take longer than admit_latency_s * max(1, n /
+    # admit_items) at the measured throughput. The app sets it from the SLO, so that under
+    # overload the requests it accepts are answered within the SLO instead of all of them
+    # queueing past it. An empty queue always admits.
+    admit_latency_s: float = 0.0
+    admit_items: int = 100
     # Packing looks at this many batches' worth of the oldest pairs.
     window_batches: int = 4
 
@@ -117,8 +124,12 @@ class MicroBatcher:
         self._tasks: list[asyncio.Task[None]] = []
         self._prepare_pool: ThreadPoolExecutor | None = None
         self._infer_pool: ThreadPoolExecutor | None = None
-        # Recent throughput in pairs/s, for the Retry-After estimate.
+        # Recent throughput in pairs/s, for admission and the Retry-After estimate; measured
+        # on large batches once there are some (what the model does under load).
         self._pairs_per_s = 0.0
+        self._rate_from_large = False
+        self._last_batch_end = 0.0
+        self._backlogged = False  # work was queued when the last batch ended
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
@@ -183,6 +194,13 @@ class MicroBatcher:
                 f"queue full ({self._reserved_pairs} of {capacity} pairs in flight); retry later",
                 retry_after_s=self._retry_after_s(),
             )
+        if not self._within_latency(n_pairs):
+            raise Overloaded(
+                f"overloaded: {self._reserved_pairs} pairs ahead would take "
+                f"{self._reserved_pairs / self._pairs_per_s:.2f} s at "
+                f"{self._pairs_per_s:.0f} pairs/s; retry later",
+                retry_after_s=self._retry_after_s(),
+            )
         self._reserved_pairs += n_pairs
         self._idle.clear()
         self._gauge_inflight()
@@ -201,6 +219,32 @@ class MicroBatcher:
         except TimeoutError:
             return False
         return True
+
+    def _within_latency(self, n_pairs: int) -> bool:
+        """Whether ``n_pairs`` more would be answered within the admission latency budget."""
+        cfg = self.config
+        if cfg.admit_latency_s <= 0 or self._reserved_pairs == 0 or self._pairs_per_s <= 0:
+            return True
+        budget_s = cfg.admit_latency_s * max(1.0, n_pairs / cfg.admit_items)
+        return (self._reserved_pairs + n_pairs) / self._pairs_per_s <= budget_s
+
+    def saturated(self) -> bool:
+        """Whether even a one-pair request would be refused for latency right now."""
+        return not self._within_latency(1)
+
+    def retry_after_s(self) -> int:
+        """Seconds until the admitted pairs are likely done (for ``Retry-After``)."""
+        return self._retry_after_s()
+
+    def seed_rate(self, pairs_per_s: float) -> None:
+        """A first throughput figure (from warm-up), used until batches have measured one."""
+        if self._pairs_per_s == 0 and pairs_per_s > 0:
+            self._pairs_per_s = pairs_per_s
+
+    @property
+    def pairs_per_s(self) -> float:
+        """Measured model throughput (0 before the first batch)."""
+        return self._pairs_per_s
 
     def _retry_after_s(self) -> int:
         if self._pairs_per_s <= 0:
@@ -446,10 +490,21 @@ class MicroBatcher:
     def _observe_batch(
         self, items: list[_Pending], n_pairs: int, width: int, started: float, elapsed: float
     ) -> None:
-        if elapsed > 0:
-            rate = n_pairs / elapsed
-            old = self._pairs_per_s
+        # Small batches (light load) understate what the model does when the queue is full,
+        # which is when admission needs the number: once large batches were seen, only they
+        # update it. While work is queued, a batch is timed from the end of the previous one,
+        # so the rate includes the pipeline's gaps (padding, hand-offs, a starved event
+        # loop): the rate at which pairs really leave the queue.
+        ended = started + elapsed
+        span = ended - self._last_batch_end if self._backlogged else elapsed
+        self._last_batch_end = ended
+        self._backlogged = self._pending_pairs > 0 or not self._ready.empty()
+        large = n_pairs >= max(1, self.config.max_batch_size // 4)
+        if span > 0 and (large or not self._rate_from_large):
+            rate = n_pairs / span
+            old = 0.0 if large and not self._rate_from_large else self._pairs_per_s
             self._pairs_per_s = rate if old == 0 else 0.8 * old + 0.2 * rate
+            self._rate_from_large = self._rate_from_large or large
         m = self._metrics
         if m is None:
             return

@@ -166,13 +166,37 @@ class ScoringEngine:
     async def _warmup(self) -> None:
         started = time.monotonic()
         try:
-            runs = await asyncio.to_thread(self.scorer.warmup, self._warmup_batches())
+            runs, pairs_per_s = await asyncio.to_thread(self._warmup_runs)
         except Exception:
             log.exception("warm-up failed; the service stays not ready")
             self.status = "warmup_failed"
             return
-        log.info("warm-up: %d batch shapes in %.2f s", runs, time.monotonic() - started)
+        self._batcher.seed_rate(pairs_per_s)
+        log.info(
+            "warm-up: %d batch shapes in %.2f s; %.0f pairs/s on a full batch",
+            runs,
+            time.monotonic() - started,
+            pairs_per_s,
+        )
         self._set_ready()
+
+    def _warmup_runs(self) -> tuple[int, float]:
+        """Run the warm-up shapes, then time a full batch of middle length once more.
+
+        The second run is warm: its rate is what admission control uses until real
+        batches have been measured, so a burst right after start-up is not all admitted.
+        """
+        batches = list(self._warmup_batches())
+        runs = self.scorer.warmup(batches)
+        widths = sorted({b["input_ids"].shape[1] for b in batches})
+        middle = widths[len(widths) // 2]
+        probe = max(
+            (b for b in batches if b["input_ids"].shape[1] == middle),
+            key=lambda b: b["input_ids"].shape[0],
+        )
+        t0 = time.monotonic()
+        self.scorer.run(probe)
+        return runs, probe["input_ids"].shape[0] / max(time.monotonic() - t0, 1e-9)
 
     def _set_ready(self) -> None:
         self._ready = True

@@ -89,6 +89,13 @@ class ShadowUnavailable(ServiceError):
     error_type = "shadow_unavailable"
 
 
+class ShadowFailed(ServiceError):
+    """The teacher raised: the shadow is a dependency that failed, not a server bug."""
+
+    status_code = 503
+    error_type = "shadow_failed"
+
+
 class ShadowBusy(Overloaded):
     error_type = "shadow_busy"
 
@@ -102,13 +109,22 @@ class Unauthorized(ServiceError):
     error_type = "unauthorized"
 
 
+MAX_FIELD_NAME_CHARS = 100
+
+
 def _field_name(loc: tuple[Any, ...] | list[Any]) -> str:
-    """``("body", "items", 3, "text")`` → ``"items[3].text"``; bare ``("body",)`` → ``"body"``."""
+    """``("body", "items", 3, "text")`` → ``"items[3].text"``; bare ``("body",)`` → ``"body"``.
+
+    An unknown key is client input: it is cut short and made encodable (a lone surrogate
+    in a key would otherwise break the UTF-8 error response).
+    """
     parts = [p for p in loc if p != "body"]
     name = ""
     for part in parts:
         name += f"[{part}]" if isinstance(part, int) else (f".{part}" if name else str(part))
-    return name or "body"
+    if len(name) > MAX_FIELD_NAME_CHARS:
+        name = name[:MAX_FIELD_NAME_CHARS] + "..."
+    return name.encode("utf-8", "backslashreplace").decode("utf-8") or "body"
 
 
 def validation_error_body(exc: RequestValidationError) -> dict[str, Any]:
@@ -160,6 +176,16 @@ def install_error_handlers(app: FastAPI) -> None:
         if exc.status_code == 413:  # the body limit, raised while FastAPI reads the body
             body = {"error": str(exc.detail), "error_type": "payload_too_large", "field": "body"}
             _count(request, "payload_too_large")
+        elif exc.status_code == 400:
+            # FastAPI's only 400: a body it cannot decode at all (not UTF-8, nested past
+            # Python's recursion limit). To a client that is malformed JSON like any other.
+            _count(request, "validation")
+            body = {
+                "error": "body: invalid JSON (not UTF-8, or nested too deeply)",
+                "error_type": "validation",
+                "field": "body",
+            }
+            return JSONResponse(body, status_code=422)
         else:
             body = {"error": str(exc.detail), "error_type": "http", "field": None}
         return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)

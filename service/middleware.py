@@ -1,8 +1,12 @@
-"""Pure ASGI middleware: request body size limit and per-endpoint latency/SLO metrics."""
+"""Pure ASGI middleware: load shedding at the door, request body size limit, and
+per-endpoint latency/SLO metrics."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
+from collections import deque
 from typing import Any
 
 from starlette.exceptions import HTTPException
@@ -12,6 +16,114 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from service.metrics import Metrics
 
 SCORING_ENDPOINTS = frozenset({"/score", "/rerank"})
+# Endpoints that take a body and queue work; /shadow/score has its own slots as well.
+LOADED_ENDPOINTS = frozenset({"/score", "/rerank", "/shadow/score"})
+ARRIVED_KEY = "relevance.arrived"
+# Loop-lag readings (one per 25 ms when the loop keeps up) whose minimum is the lag.
+LAG_READINGS = 8
+
+
+def arrival_time(scope: Scope) -> float:
+    """``time.monotonic()`` when the request reached the app (now, without the middleware)."""
+    arrived = scope.get(ARRIVED_KEY)
+    return arrived if isinstance(arrived, float) else time.monotonic()
+
+
+class LoopLag:
+    """How far behind the event loop runs: a task that sleeps ``interval_s`` and measures how
+    late it wakes. When parsing, tokenizing and answering need more CPU than the process
+    gets, callbacks queue on the loop and every request waits there before any handler
+    sees it; the lag is that wait."""
+
+    def __init__(self, interval_s: float = 0.025) -> None:
+        self.interval_s = interval_s
+        self._readings: deque[float] = deque(maxlen=LAG_READINGS)
+        self._due = time.monotonic() + interval_s
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._due = time.monotonic() + self.interval_s
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="relevance-lag")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    @property
+    def lag_s(self) -> float:
+        """The smallest of the recent readings: a standing backlog, not a single stall.
+
+        One stall (a megabyte of JSON parsed, a GC pause) is one high reading among low
+        ones and sheds nothing; a loop that stays behind reads high every time (CoDel's
+        idea: the minimum delay over an interval shows a standing queue).
+        """
+        return min(self._readings) if len(self._readings) == LAG_READINGS else 0.0
+
+    async def _run(self) -> None:
+        while True:
+            self._due = time.monotonic() + self.interval_s
+            await asyncio.sleep(self.interval_s)
+            self._readings.append(max(0.0, time.monotonic() - self._due))
+
+
+class LoadShedding:
+    """Refuse scoring requests with 429 before their body is read, when they cannot be served.
+
+    Three cases, all cheap to test and answered without parsing JSON, so that shedding costs
+    little CPU when CPU is what is short:
+
+    * ``max_in_flight`` requests to the scoring endpoints are already being handled (a
+      bound on memory too: each holds a body of up to the body limit);
+    * the event loop stays more than ``max_loop_lag_s`` behind (``app.state.loop_lag``):
+      the server is short of CPU for the HTTP work itself, which the batcher does not see;
+    * the batcher's queue alone already exceeds the admission latency budget, so any
+      request would be refused after parsing anyway.
+    """
+
+    def __init__(self, app: ASGIApp, max_in_flight: int, max_loop_lag_s: float) -> None:
+        self.app = app
+        self.max_in_flight = max_in_flight
+        self.max_loop_lag_s = max_loop_lag_s
+        self.in_flight = 0
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path = scope.get("path", "")
+        if scope["type"] != "http" or scope.get("method") != "POST" or path not in LOADED_ENDPOINTS:
+            await self.app(scope, receive, send)
+            return
+        reason = None
+        retry_after_s = 1
+        if self.in_flight >= self.max_in_flight:
+            reason = f"{self.in_flight} requests in progress (limit {self.max_in_flight})"
+        elif path in SCORING_ENDPOINTS:
+            state = getattr(scope.get("app"), "state", None)
+            lag = getattr(state, "loop_lag", None)
+            batcher = getattr(getattr(state, "engine", None), "batcher", None)
+            if lag is not None and lag.lag_s > self.max_loop_lag_s:
+                reason = f"the server is {lag.lag_s * 1000:.0f} ms behind"
+            elif batcher is not None and batcher.saturated():
+                reason = f"{batcher.reserved_pairs} pairs queued, past the latency budget"
+                retry_after_s = batcher.retry_after_s()
+        if reason is not None:
+            metrics = _metrics(scope)
+            if metrics is not None:
+                metrics.rejections.labels(reason="overloaded").inc()
+            body = {
+                "error": f"overloaded: {reason}; retry later",
+                "error_type": "overloaded",
+                "field": None,
+            }
+            headers = {"Retry-After": str(retry_after_s)}
+            await JSONResponse(body, status_code=429, headers=headers)(scope, receive, send)
+            return
+        self.in_flight += 1
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.in_flight -= 1
 
 
 class BodyTooLarge(HTTPException):
@@ -78,6 +190,9 @@ class RequestMetrics:
             return
         scope.setdefault("relevance.metrics", self.metrics)
         started = time.monotonic()
+        # Deadlines and timings count from here, before the body is read and parsed: under
+        # load that part can take a while, and the client is already waiting.
+        scope.setdefault(ARRIVED_KEY, started)
         status = 500  # what the client gets if the app raises
 
         async def tracking_send(message: Message) -> None:
@@ -93,7 +208,9 @@ class RequestMetrics:
 
     def _observe(self, scope: Scope, status: int, elapsed_s: float) -> None:
         route = scope.get("route")
-        endpoint = getattr(route, "path", None) or "other"
+        path = scope.get("path")
+        # Requests shed before routing have no route; they still count for their endpoint.
+        endpoint = getattr(route, "path", None) or (path if path in LOADED_ENDPOINTS else "other")
         self.metrics.request_duration.labels(endpoint, str(status)).observe(elapsed_s)
         if endpoint not in SCORING_ENDPOINTS:
             return

@@ -6,9 +6,16 @@ since they are not known when these classes are defined.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    field_validator,
+)
 
 SCORE_EXAMPLE = {
     "query": "angle bracket",
@@ -23,6 +30,47 @@ SCORE_EXAMPLE = {
 }
 
 
+# "Has a character that ``str.strip`` keeps", as a JSON Schema pattern, so the published
+# schema refuses exactly what the validator refuses. The class is spelled out because the
+# schema's regex dialect (ECMA-262) and Python disagree on what \s is (U+001C..U+001F, U+0085).
+NOT_BLANK_PATTERN = "[^" + "".join(c for c in map(chr, range(0x3001)) if c.isspace()) + "]"
+QUERY_SCHEMA = {"pattern": NOT_BLANK_PATTERN}
+
+
+def _integral(value: Any) -> Any:
+    """JSON Schema counts 2.0 as an integer; strict mode alone would refuse it."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+# Strict scalars: pydantic's lax mode would take "true", 1 or "0.5" for a bool or a number,
+# which the published schema calls invalid (and a client sending them has a bug).
+# (BeforeValidator last: placed first it hides ge from the JSON schema.)
+PositiveJsonInt = Annotated[int, Field(strict=True, ge=1), BeforeValidator(_integral)]
+JsonBool = Annotated[bool, Field(strict=True)]
+JsonFloat = Annotated[float, Field(strict=True)]
+
+
+def _valid_unicode(value: str) -> str:
+    """Refuse lone UTF-16 surrogates: JSON can spell them (``"\\ud800"``), Unicode cannot.
+
+    The tokenizer (Rust) and the UTF-8 response encoder both fail on them, so they are
+    refused here, as text-embeddings-inference's JSON parser does.
+    """
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ValueError(
+            f"unpaired UTF-16 surrogate \\u{ord(value[exc.start]):04x} at character "
+            f"{exc.start}; not valid Unicode"
+        ) from None
+    return value
+
+
+Text = Annotated[str, AfterValidator(_valid_unicode)]
+
+
 def _not_blank(value: str) -> str:
     if not value.strip():
         raise ValueError("must not be empty or whitespace")
@@ -35,7 +83,7 @@ class ScoreItem(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     id: str = Field(min_length=1, max_length=256, description="Echoed back with the score.")
-    text: str = Field(description="Item text, e.g. the product title.")
+    text: Text = Field(description="Item text, e.g. the product title.")
 
 
 class ScoreRequest(BaseModel):
@@ -43,7 +91,9 @@ class ScoreRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [SCORE_EXAMPLE]})
 
-    query: str = Field(description="The search query; must not be blank.")
+    query: Text = Field(
+        description="The search query; must not be blank.", json_schema_extra=QUERY_SCHEMA
+    )
     items: list[ScoreItem] = Field(
         min_length=1,
         description="Candidates: objects with id and text, or plain strings (id = index).",
@@ -51,13 +101,13 @@ class ScoreRequest(BaseModel):
             "items": {"anyOf": [{"$ref": "#/components/schemas/ScoreItem"}, {"type": "string"}]}
         },
     )
-    top_k: int | None = Field(
-        None, ge=1, description="Return only the best k items, ranked, instead of input order."
+    top_k: PositiveJsonInt | None = Field(
+        None, description="Return only the best k items, ranked, instead of input order."
     )
-    deadline_ms: int | None = Field(
-        None, ge=1, description="Give up (504) after this long; default from the server settings."
+    deadline_ms: PositiveJsonInt | None = Field(
+        None, description="Give up (504) after this long; default from the server settings."
     )
-    truncate: bool = Field(
+    truncate: JsonBool = Field(
         True, description="Cut texts that are too long instead of refusing them (413)."
     )
 
@@ -81,6 +131,10 @@ class ScoreRequest(BaseModel):
                 raise ValueError(f"duplicate id {item.id!r} at items[{i}]")
             seen.add(item.id)
         return items
+
+
+class ShadowScoreRequest(ScoreRequest):
+    """``/score``'s request for the teacher (its own schema: a lower item limit)."""
 
 
 class ModelRef(BaseModel):
@@ -128,19 +182,20 @@ class RerankRequest(BaseModel):
         }
     )
 
-    query: str
-    texts: list[str] = Field(min_length=1)
-    truncate: bool = True
-    truncation_direction: Literal["Right", "Left"] = "Right"
-    raw_scores: bool = Field(False, description="Return logits instead of sigmoid scores.")
-    return_text: bool = False
+    query: Text = Field(json_schema_extra=QUERY_SCHEMA)
+    texts: list[Text] = Field(min_length=1)
+    truncate: JsonBool = True
+    # TEI's values are "Left" and "Right"; only "Right" is served, and "Left" gets a message
+    # saying so (hence a plain string checked below rather than a one-value Literal).
+    truncation_direction: str = Field(
+        "Right",
+        description="Only 'Right' (the item text is cut).",
+        json_schema_extra={"enum": ["Right"]},
+    )
+    raw_scores: JsonBool = Field(False, description="Return logits instead of sigmoid scores.")
+    return_text: JsonBool = False
 
     _check_query = field_validator("query")(_not_blank)
-
-    @field_validator("truncation_direction", mode="before")
-    @classmethod
-    def _capitalize(cls, value: Any) -> Any:
-        return value.capitalize() if isinstance(value, str) else value
 
     @field_validator("truncation_direction")
     @classmethod
@@ -159,7 +214,9 @@ class RerankResult(BaseModel):
 class ShadowRateUpdate(BaseModel):
     """Admin: change the share of /score traffic mirrored to the teacher."""
 
-    mirror_rate: float = Field(ge=0, le=1)
+    model_config = ConfigDict(extra="forbid")
+
+    mirror_rate: JsonFloat = Field(ge=0, le=1)
 
 
 class ErrorBody(BaseModel):
@@ -171,6 +228,7 @@ class ErrorBody(BaseModel):
 
 
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    # 400 is not listed: a body that cannot be parsed at all is a 422 like malformed JSON.
     413: {"model": ErrorBody, "description": "Too many items, a text too long, or body too big."},
     415: {"model": ErrorBody, "description": "The body is not application/json."},
     422: {"model": ErrorBody, "description": "Invalid field; the message names it."},

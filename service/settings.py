@@ -54,6 +54,18 @@ class Settings(BaseSettings):
         4096, ge=1, description="Pairs admitted and not yet answered; beyond it, 429."
     )
     tokenizer_threads: int = Field(1, ge=1)
+    max_concurrent_requests: int = Field(
+        64,
+        ge=1,
+        description="Scoring requests handled at once; beyond, 429 before the body is read "
+        "(bounds memory at this many bodies).",
+    )
+    max_loop_lag_ms: float = Field(
+        100.0,
+        gt=0,
+        description="When the event loop runs this far behind (short of CPU), scoring "
+        "requests get 429 before their body is read.",
+    )
 
     # Request limits
     max_items: int = Field(1000, ge=1)
@@ -69,6 +81,13 @@ class Settings(BaseSettings):
     slo_latency_ms: float = Field(500.0, gt=0)
     slo_items: int = Field(100, ge=1)
     slo_window_s: float = Field(300.0, gt=0, description="Window of the rolling compliance ratio.")
+    admission_slo_factor: float = Field(
+        0.9,
+        ge=0,
+        description="Refuse (429) a request whose pairs, behind those already admitted, would "
+        "take longer than this share of its SLO latency at the measured throughput; 0 = only "
+        "max_queue_pairs limits admission.",
+    )
 
     # Teacher shadow
     teacher_dir: Path | None = None

@@ -30,7 +30,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from service.errors import ShadowBusy, ShadowTimeout, ShadowUnavailable
+from service.errors import ShadowBusy, ShadowFailed, ShadowTimeout, ShadowUnavailable
 from service.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -44,6 +44,10 @@ class ShadowScorer(Protocol):
 
 def load_teacher_scorer(teacher_dir: Path, threads: int = 1) -> ShadowScorer:
     """Load the real teacher (imports torch via ``training.teacher``, so only on demand)."""
+    # Fail before importing torch: that import alone takes seconds of CPU and the GIL from
+    # the /score requests being served meanwhile.
+    if not Path(teacher_dir).is_dir():
+        raise FileNotFoundError(f"no teacher package at {teacher_dir}")
     from training.teacher import load_teacher
 
     return load_teacher(teacher_dir, threads=threads or None)
@@ -166,7 +170,8 @@ class TeacherShadow:
 
     # ------------------------------------------------------------------ endpoint
     async def score(self, query: str, texts: Sequence[str]) -> np.ndarray:
-        """Teacher scores for one request, or 503 (no teacher), 429 (busy), 504 (too slow)."""
+        """Teacher scores for one request, or 503 (no teacher, or it failed), 429 (busy), 504
+        (too slow)."""
         teacher = self._teacher
         if teacher is None:
             reason = {
@@ -192,9 +197,10 @@ class TeacherShadow:
         except TimeoutError:
             self._metrics.shadow_requests.labels("endpoint", "timeout").inc()
             raise ShadowTimeout(f"the teacher took longer than {self._timeout_s:g} s") from None
-        except Exception:
+        except Exception as exc:
             self._metrics.shadow_requests.labels("endpoint", "error").inc()
-            raise
+            log.warning("teacher call failed: %s: %s", type(exc).__name__, exc)
+            raise ShadowFailed(f"the teacher failed ({type(exc).__name__})") from exc
         self._metrics.shadow_duration.observe(time.monotonic() - started)
         self._metrics.shadow_requests.labels("endpoint", "ok").inc()
         return scores

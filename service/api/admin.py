@@ -9,7 +9,7 @@ from fastapi import APIRouter, Depends, Header
 
 from service.api.deps import get_settings, get_shadow, require_json
 from service.errors import Unauthorized
-from service.schemas import ShadowRateUpdate
+from service.schemas import ERROR_RESPONSES, ErrorBody, ShadowRateUpdate
 from service.settings import Settings
 from service.shadow import TeacherShadow
 
@@ -25,7 +25,14 @@ def require_admin(
         raise Unauthorized("authorization: a valid admin bearer token is required")
 
 
-router = APIRouter(prefix="/admin", dependencies=[Depends(require_admin)])
+router = APIRouter(
+    prefix="/admin",
+    dependencies=[Depends(require_admin)],
+    responses={
+        401: {"model": ErrorBody, "description": "Missing or wrong bearer token."},
+        **{code: ERROR_RESPONSES[code] for code in (413, 415, 422, 503)},
+    },
+)
 
 
 @router.put(

@@ -13,6 +13,7 @@ from fastapi import APIRouter, Depends, Request, Response
 from service.api.deps import get_engine, get_settings, get_shadow, require_json
 from service.engine import EngineResult, ScoringEngine
 from service.errors import InvalidInput, PayloadTooLarge
+from service.middleware import arrival_time
 from service.schemas import (
     ERROR_RESPONSES,
     ItemScore,
@@ -21,6 +22,7 @@ from service.schemas import (
     RerankResult,
     ScoreRequest,
     ScoreResponse,
+    ShadowScoreRequest,
     Timing,
 )
 from service.settings import Settings
@@ -136,7 +138,7 @@ async def score(
     engine: EngineDep,
     shadow: ShadowDep,
 ) -> ScoreResponse:
-    started = time.monotonic()
+    started = arrival_time(request.scope)
     request.state.items = len(body.items)
     texts = [item.text for item in body.items]
     query, texts, cut = check_limits(
@@ -196,7 +198,7 @@ async def rerank(
     settings: SettingsDep,
     engine: EngineDep,
 ) -> list[RerankResult]:
-    started = time.monotonic()
+    started = arrival_time(request.scope)
     request.state.items = len(body.texts)
     query, texts, _ = check_limits(
         settings,
@@ -235,13 +237,13 @@ async def rerank(
     ),
 )
 async def shadow_score(
-    body: ScoreRequest,
+    body: ShadowScoreRequest,
     request: Request,
     settings: SettingsDep,
     engine: EngineDep,
     shadow: ShadowDep,
 ) -> ScoreResponse:
-    started = time.monotonic()
+    started = arrival_time(request.scope)
     request.state.items = len(body.items)
     query, texts, _ = check_limits(
         settings,

@@ -329,3 +329,27 @@ def test_metrics_record_batches() -> None:
     assert registry.get_sample_value("relevance_batch_size_pairs_count") == len(model.batches)
     assert registry.get_sample_value("relevance_queue_wait_seconds_count") == 6
     assert registry.get_sample_value("relevance_inflight_pairs") == 0
+
+
+def test_admission_by_latency_refuses_what_would_miss_the_budget() -> None:
+    # 10 ms per batch of up to 8 pairs: 800 pairs/s once measured on full batches.
+    model = FakeModel(delay_s=0.01)
+
+    async def body(b: MicroBatcher) -> None:
+        assert b.saturated() is False and b.pairs_per_s == 0  # nothing measured: admit
+        b.seed_rate(100.0)  # warm-up's figure, until batches are measured
+        assert b.pairs_per_s == 100.0
+        with b.reserve(5):  # an empty queue always admits
+            # 5 ahead + 2 = 70 ms at 100 pairs/s > 50 ms budget
+            with pytest.raises(Overloaded) as excinfo, b.reserve(2):
+                pass
+            assert "overloaded" in excinfo.value.message
+            assert b.saturated()  # even one pair would wait past the budget
+        # Full batches replace the seed with the measured rate.
+        for i in range(3):
+            await submit(b, [make_pair(6, seed=10 * i + j) for j in range(8)])
+        assert 300 < b.pairs_per_s < 800 * 1.2
+        with b.reserve(8), b.reserve(8):  # 16 pairs at ~600 pairs/s: well within 50 ms
+            assert not b.saturated()
+
+    run(model, body, max_batch_size=8, max_wait_ms=1, admit_latency_s=0.05, admit_items=100)
