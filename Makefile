@@ -40,6 +40,10 @@ bench: $(STAMP)
 loadtest: $(STAMP)
 	$(PY) -m loadtest.run $(ARGS)
 
+# Fuzzing, overload, faults, soak, security; writes docs/reliability.md (ARGS=--quick: ~8 min).
+reliability: $(STAMP)
+	$(PY) -m loadtest.reliability $(ARGS)
+
 lint: $(STAMP)
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .

@@ -111,3 +111,84 @@ async def check_answer(base_url: str, prepared: Prepared, expect_items: int) -> 
     if not isinstance(scores, list) or len(scores) != expect_items:
         return f"expected {expect_items} scores, got {str(body)[:200]}"
     return None
+
+
+def no_answer_kind(exc: httpx.HTTPError) -> str:
+    """Why a request got no HTTP answer: never connected, timed out, or cut off midway."""
+    if isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout):
+        return "refused"
+    if isinstance(exc, httpx.TimeoutException):
+        return "timeout"
+    return "disconnected"
+
+
+async def open_loop(
+    base_url: str,
+    requests: Sequence[Prepared],
+    rate_per_s: float,
+    duration_s: float,
+    *,
+    max_outstanding: int = 1000,
+    timeout_s: float = 30.0,
+    seed: int = 0,
+    transport: httpx.AsyncBaseTransport | None = None,
+) -> tuple[list[Sample], float, int]:
+    """Send at ``rate_per_s`` (Poisson arrivals) for ``duration_s``, whatever the answers.
+
+    Unlike :func:`closed_loop`, a slow server does not slow the senders down: this is how
+    overload looks from the outside. At most ``max_outstanding`` requests are in flight;
+    an arrival beyond that is not sent and counted (third value returned). Returns the
+    samples (``started_s`` set, ``error`` for status 0), the seconds from the first send
+    to the last answer, and the count not sent. ``transport`` (an ``httpx.ASGITransport``)
+    sends in-process instead of over the network.
+    """
+    import random
+
+    rng = random.Random(seed)
+    samples: list[Sample] = []
+    order = itertools.cycle(range(len(requests)))
+    limits = httpx.Limits(max_connections=max_outstanding, max_keepalive_connections=64)
+    headers = {"Content-Type": "application/json"}
+    not_sent = 0
+    in_flight: set[asyncio.Task[None]] = set()
+    async with httpx.AsyncClient(
+        base_url=base_url, timeout=timeout_s, limits=limits, trust_env=False, transport=transport
+    ) as client:
+        started = time.monotonic()
+
+        async def send(prepared: Prepared, sent_at: float) -> None:
+            t0 = time.monotonic()
+            status, error = 0, ""
+            try:
+                response = await client.post(prepared.path, content=prepared.body, headers=headers)
+                await response.aread()
+                status = response.status_code
+            except httpx.HTTPError as exc:
+                error = no_answer_kind(exc)
+            samples.append(
+                Sample(
+                    prepared.endpoint,
+                    prepared.items,
+                    time.monotonic() - t0,
+                    status,
+                    started_s=sent_at,
+                    error=error,
+                )
+            )
+
+        next_at = 0.0
+        while next_at < duration_s:
+            delay = started + next_at - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            if len(in_flight) >= max_outstanding:
+                not_sent += 1
+            else:
+                task = asyncio.create_task(send(requests[next(order)], next_at))
+                in_flight.add(task)
+                task.add_done_callback(in_flight.discard)
+            next_at += rng.expovariate(rate_per_s)
+        if in_flight:
+            await asyncio.wait(in_flight, timeout=timeout_s + 5)
+        elapsed = time.monotonic() - started
+    return samples, elapsed, not_sent

@@ -18,6 +18,9 @@ class Sample:
     items: int
     latency_s: float
     status: int
+    # When it was sent (seconds from the start of the run) and, for status 0, why no answer.
+    started_s: float = 0.0
+    error: str = ""
 
     @property
     def ok(self) -> bool:

@@ -1,0 +1,100 @@
+"""The Markdown report of a reliability run: context, one table, and what each row means."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from loadtest.reliability.common import Row
+
+FIXED_IN_SERVICE = """\
+## Failures this suite found, fixed in the service
+
+Found while building the suite (on the tiny model) and fixed in `service/`, not excluded:
+
+- A lone UTF-16 surrogate (`"\\ud800"`) in a query or text reached the Rust tokenizer: 500 on
+  the query, a misleading 413 on a text. Now 422 naming the field, as TEI's parser does.
+- A body that is not UTF-8, or JSON nested past Python's recursion limit, got FastAPI's
+  undocumented 400 with a message naming no field; now the usual 422 (`body: invalid JSON`).
+- A body without `Content-Type` was handed to validation as raw bytes (FastAPI's strict
+  default) and refused with a puzzling 422; it is read as JSON, as documented.
+- The OpenAPI schema said requests were valid that the server refuses: a blank query, more
+  items than `RELEVANCE_MAX_ITEMS`, `deadline_ms` above the maximum, `truncation_direction`
+  `Left`, `/shadow/score`'s lower item limit; the admin endpoint's 401/415/503 were
+  undocumented. The schema now publishes the configured limits and every status.
+- Lax parsing took `"true"`, `1` or `"0.5"` for booleans and numbers (`truncate`,
+  `raw_scores`, `top_k`, `mirror_rate`) and unknown fields on the admin body; now strict.
+- A teacher that raised turned `/shadow/score` into a 500 with a traceback; now 503
+  (`shadow_failed`).
+- Overload: admission was bounded only by queue size (4096 pairs, about 15 s of the FP32
+  model on 2 cores), so under 2x load admitted requests waited out their deadline and most
+  ended in 504. Admission is now also bounded by latency: a request is refused (429, at
+  once) when the pairs ahead of it plus its own would, at the measured throughput, take
+  longer than `RELEVANCE_ADMISSION_SLO_FACTOR` (0.9) of its SLO budget; the throughput is
+  measured while work is queued (gaps included) and seeded from the warm-up. Deadlines now
+  count from the request's arrival, not from the end of body parsing.
+"""
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def render(
+    rows: list[Row],
+    *,
+    command: str,
+    started: str,
+    elapsed_s: float,
+    machine: dict[str, Any],
+    model: dict[str, Any],
+    commit: str,
+    notes: list[str],
+    json_path: str,
+) -> str:
+    held = sum(r.held for r in rows)
+    lines = [
+        "# Reliability and security",
+        "",
+        f"Produced by `{command}` on {started} ({elapsed_s / 60:.1f} min), commit {commit}.",
+        "",
+    ]
+    for note in notes:
+        lines += [f"> **{note}**", ""]
+    load = machine.get("load_average")
+    lines += [
+        f"- Machine: {machine['cpu']}, {machine['cores']} cores, {machine['memory_gib']} GiB; "
+        f"load average at start {load}; Python {machine['python']}; "
+        + ", ".join(f"{k} {v}" for k, v in machine.get("versions", {}).items()),
+        f"- Model: {model.get('name')} {model.get('version')} ({model.get('backbone')}), "
+        f"{model.get('variant')} graph on {model.get('provider')}, from `{model.get('dir')}`",
+        f"- SLO: {model.get('slo')}",
+        f"- Verdict: **{held} of {len(rows)} rows held**"
+        + ("" if held == len(rows) else " (see the rows marked NO)"),
+        f"- Raw figures: `{json_path}` (with the server logs next to it)",
+        "",
+        "| Scenario | Load / inputs | Held | What must hold | Numbers |",
+        "|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {_cell(r.scenario)} | {_cell(r.load)} | {'yes' if r.held else '**NO**'} | "
+            f"{_cell(r.what)} | {_cell(r.numbers)} |"
+        )
+    lines += [
+        "",
+        "## How to read it",
+        "",
+        "- *Lost*: a request that got no HTTP answer (timeout, connection cut). *Admitted*: "
+        "answered 200 or 504 (it was queued); 429 and 503 are refusals, answered at once.",
+        "- The SLO budget of a request of n items is `RELEVANCE_SLO_LATENCY_MS * max(1, "
+        "n / RELEVANCE_SLO_ITEMS)`; overload requests have 20-100 items, so their budget is "
+        "the SLO latency itself.",
+        "- Recovery: from the moment the load stopped until three probes in a row are within "
+        "1.5x (+10 ms) of the same request's latency on the idle server.",
+        "- The fast part of these checks runs with the tests: `pytest tests/reliability` "
+        "(schemathesis in-process, hostile inputs, a 2-second overload, teacher and package "
+        "faults, security).",
+        "",
+        FIXED_IN_SERVICE,
+    ]
+    return "\n".join(lines)

@@ -1,0 +1,41 @@
+"""Fixtures of the reliability tests: the real app on the tiny package, faults on demand."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi import FastAPI
+
+from service.app import create_app
+from service.settings import Settings
+
+
+@pytest.fixture(autouse=True)
+def _no_relevance_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A RELEVANCE_* variable in the shell must not leak into the tests' settings."""
+    for name in list(os.environ):
+        if name.startswith("RELEVANCE_"):
+            monkeypatch.delenv(name)
+
+
+@pytest.fixture
+def reliability_app(tiny_model_package: Path) -> Callable[..., FastAPI]:
+    """Build the real app on the tiny package; keywords are settings overrides.
+
+    ``teacher_loader`` and ``engine_factory`` inject a fake teacher or a slowed model.
+    """
+
+    def make(
+        teacher_loader: Callable[[], Any] | None = None,
+        engine_factory: Callable[..., Any] | None = None,
+        **overrides: Any,
+    ) -> FastAPI:
+        overrides.setdefault("intra_op_threads", 1)  # the machine is shared
+        settings = Settings(model_dir=tiny_model_package, **overrides)
+        return create_app(settings, teacher_loader=teacher_loader, engine_factory=engine_factory)
+
+    return make
