@@ -52,10 +52,11 @@ class BatcherConfig:
     max_wait_ms: float = 2.0
     max_queue_pairs: int = 4096
     # Latency-aware admission (0 = off): a request of n pairs is refused (429) when the
-    # admitted pairs plus its own would take longer than admit_latency_s * max(1, n /
-    # admit_items) at the measured throughput. The app sets it from the SLO, so that under
-    # overload the requests it accepts are answered within the SLO instead of all of them
-    # queueing past it. An empty queue always admits.
+    # admitted pairs plus its own, at the measured throughput, plus the measured
+    # per-request overhead, would take longer than admit_latency_s * max(1, n /
+    # admit_items). The app sets it from the SLO, so that under overload the requests it
+    # accepts are answered within the SLO instead of all of them queueing past it. An
+    # empty queue always admits.
     admit_latency_s: float = 0.0
     admit_items: int = 100
     # Packing looks at this many batches' worth of the oldest pairs.
@@ -127,6 +128,9 @@ class MicroBatcher:
         # Recent throughput in pairs/s, for admission and the Retry-After estimate; measured
         # on large batches once there are some (what the model does under load).
         self._pairs_per_s = 0.0
+        self._avg_pairs = 0.0
+        self._avg_span_s = 0.0
+        self._overhead_s = 0.0
         self._rate_from_large = False
         self._last_batch_end = 0.0
         self._backlogged = False  # work was queued when the last batch ended
@@ -226,7 +230,14 @@ class MicroBatcher:
         if cfg.admit_latency_s <= 0 or self._reserved_pairs == 0 or self._pairs_per_s <= 0:
             return True
         budget_s = cfg.admit_latency_s * max(1.0, n_pairs / cfg.admit_items)
-        return (self._reserved_pairs + n_pairs) / self._pairs_per_s <= budget_s
+        wait_s = (self._reserved_pairs + n_pairs) / self._pairs_per_s
+        return wait_s + self._overhead_s <= budget_s
+
+    def note_overhead(self, seconds: float) -> None:
+        """Time a request spent outside the queue and the model (parsing, tokenizing,
+        answering), as its handler measured it; admission budgets for it too."""
+        seconds = max(0.0, seconds)
+        self._overhead_s = 0.8 * self._overhead_s + 0.2 * seconds if self._overhead_s else seconds
 
     def saturated(self) -> bool:
         """Whether even a one-pair request would be refused for latency right now."""
@@ -240,6 +251,11 @@ class MicroBatcher:
         """A first throughput figure (from warm-up), used until batches have measured one."""
         if self._pairs_per_s == 0 and pairs_per_s > 0:
             self._pairs_per_s = pairs_per_s
+
+    @property
+    def overhead_s(self) -> float:
+        """Measured time a request spends outside the queue and the model."""
+        return self._overhead_s
 
     @property
     def pairs_per_s(self) -> float:
@@ -501,9 +517,14 @@ class MicroBatcher:
         self._backlogged = self._pending_pairs > 0 or not self._ready.empty()
         large = n_pairs >= max(1, self.config.max_batch_size // 4)
         if span > 0 and (large or not self._rate_from_large):
-            rate = n_pairs / span
-            old = 0.0 if large and not self._rate_from_large else self._pairs_per_s
-            self._pairs_per_s = rate if old == 0 else 0.8 * old + 0.2 * rate
+            # Pairs and seconds are averaged apart and divided (not the rates averaged):
+            # a slow batch then weighs by the time it took, so the rate is not optimistic.
+            if (large and not self._rate_from_large) or self._avg_span_s == 0:
+                self._avg_pairs, self._avg_span_s = float(n_pairs), span
+            else:
+                self._avg_pairs = 0.8 * self._avg_pairs + 0.2 * n_pairs
+                self._avg_span_s = 0.8 * self._avg_span_s + 0.2 * span
+            self._pairs_per_s = self._avg_pairs / self._avg_span_s
             self._rate_from_large = self._rate_from_large or large
         m = self._metrics
         if m is None:

@@ -14,7 +14,7 @@ from service.settings import Settings
 from service.shadow import TeacherShadow
 
 
-def require_admin(
+async def require_admin(
     settings: Annotated[Settings, Depends(get_settings)],
     authorization: Annotated[str | None, Header()] = None,
 ) -> None:

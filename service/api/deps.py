@@ -1,4 +1,8 @@
-"""Shared FastAPI dependencies: settings, engine, shadow, metrics from ``app.state``."""
+"""Shared FastAPI dependencies: settings, engine, shadow, metrics from ``app.state``.
+
+All ``async def``: FastAPI runs a plain ``def`` dependency on a worker thread, which for
+these lookups would cost thread hand-offs (and worker threads) on every request.
+"""
 
 from __future__ import annotations
 
@@ -13,30 +17,30 @@ from service.settings import Settings
 from service.shadow import TeacherShadow
 
 
-def get_settings(request: Request) -> Settings:
+async def get_settings(request: Request) -> Settings:
     """The app's one Settings (tests build the app with their own)."""
     return request.app.state.settings
 
 
-def get_metrics(request: Request) -> Metrics:
+async def get_metrics(request: Request) -> Metrics:
     return request.app.state.metrics
 
 
-def get_engine(request: Request) -> ScoringEngine:
+async def get_engine(request: Request) -> ScoringEngine:
     engine: ScoringEngine | None = getattr(request.app.state, "engine", None)
     if engine is None:
         raise NotReady("the model is not loaded yet")
     return engine
 
 
-def get_shadow(request: Request) -> TeacherShadow:
+async def get_shadow(request: Request) -> TeacherShadow:
     shadow: TeacherShadow | None = getattr(request.app.state, "shadow", None)
     if shadow is None:
         raise NotReady("the service is starting")
     return shadow
 
 
-def require_json(request: Request) -> None:
+async def require_json(request: Request) -> None:
     """Refuse bodies that are not JSON with 415 instead of a confusing validation error."""
     header = request.headers.get("content-type")
     if header is None:

@@ -56,6 +56,21 @@ async def info(
             "window_s": settings.slo_window_s,
         },
         "shadow": shadow.info() if shadow is not None else None,
+        "load": _load(request),
+    }
+
+
+def _load(request: Request) -> dict[str, Any]:
+    """What admission looks at right now (for operators and the reliability run)."""
+    state = request.app.state
+    lag = getattr(state, "loop_lag", None)
+    engine = getattr(state, "engine", None)
+    batcher = engine.batcher if engine is not None else None
+    return {
+        "loop_lag_ms": round(lag.lag_s * 1000, 1) if lag is not None else None,
+        "reserved_pairs": batcher.reserved_pairs if batcher is not None else None,
+        "measured_pairs_per_s": round(batcher.pairs_per_s, 1) if batcher is not None else None,
+        "request_overhead_ms": round(batcher.overhead_s * 1000, 1) if batcher is not None else None,
     }
 
 

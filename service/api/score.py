@@ -114,6 +114,21 @@ def _timing_headers(response: Response, total_s: float, result: EngineResult) ->
     response.headers["x-inference-time"] = f"{result.inference_s * 1000:.3f}"
 
 
+def _note_overhead(
+    engine: ScoringEngine,
+    arrived: float,
+    engine_started: float,
+    engine_ended: float,
+    result: EngineResult,
+) -> None:
+    """Tell admission control how long this request took outside the queue and the model:
+    reading and validating it, tokenizing it, building the answer."""
+    now = time.monotonic()
+    engine.batcher.note_overhead(
+        (engine_started - arrived) + result.tokenize_s + (now - engine_ended)
+    )
+
+
 def _ranked(values: np.ndarray, top_k: int | None = None) -> list[int]:
     """Indices best first; ties keep input order."""
     order = np.argsort(-values, kind="stable").tolist()
@@ -151,9 +166,11 @@ async def score(
         text_field="items[{}].text",
     )
     deadline = deadline_for(settings, started, body.deadline_ms)
+    engine_started = time.monotonic()
     result = await until_disconnect(
         request, engine.score(query, texts, deadline=deadline, truncate=body.truncate)
     )
+    engine_ended = time.monotonic()
     ids = [item.id for item in body.items]
     classify = engine.package.manifest.score.classify
     order = _ranked(result.scores, body.top_k) if body.top_k else range(len(ids))
@@ -165,6 +182,7 @@ async def score(
     ]
     total_s = time.monotonic() - started
     _timing_headers(response, total_s, result)
+    _note_overhead(engine, started, engine_started, engine_ended, result)
     shadow.mirror(query, ids, texts, result.scores)
     manifest = engine.package.manifest
     return ScoreResponse(
@@ -210,14 +228,17 @@ async def rerank(
         text_field="texts[{}]",
     )
     deadline = deadline_for(settings, started, None)
+    engine_started = time.monotonic()
     result = await until_disconnect(
         request,
         engine.score(
             query, texts, deadline=deadline, truncate=body.truncate, text_field="texts[{}]"
         ),
     )
+    engine_ended = time.monotonic()
     values = result.logits.astype(np.float64) if body.raw_scores else result.scores
     _timing_headers(response, time.monotonic() - started, result)
+    _note_overhead(engine, started, engine_started, engine_ended, result)
     return [
         RerankResult(
             index=i, score=float(values[i]), text=body.texts[i] if body.return_text else None
