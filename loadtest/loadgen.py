@@ -139,43 +139,54 @@ async def open_loop(
     overload looks from the outside. At most ``max_outstanding`` requests are in flight;
     an arrival beyond that is not sent and counted (third value returned). Returns the
     samples (``started_s`` set, ``error`` for status 0), the seconds from the first send
-    to the last answer, and the count not sent. ``transport`` (an ``httpx.ASGITransport``)
-    sends in-process instead of over the network.
+    to the last answer, and the count not sent. Requests go out through the lean
+    ``loadtest.rawhttp`` client (one connection each), so that the sender stays cheap next
+    to the server; ``transport`` (an ``httpx.ASGITransport``) sends in-process instead.
     """
     import random
+
+    from loadtest import rawhttp
 
     rng = random.Random(seed)
     samples: list[Sample] = []
     order = itertools.cycle(range(len(requests)))
-    limits = httpx.Limits(max_connections=max_outstanding, max_keepalive_connections=64)
-    headers = {"Content-Type": "application/json"}
     not_sent = 0
     in_flight: set[asyncio.Task[None]] = set()
-    async with httpx.AsyncClient(
-        base_url=base_url, timeout=timeout_s, limits=limits, trust_env=False, transport=transport
-    ) as client:
-        started = time.monotonic()
+    client: httpx.AsyncClient | None = None
+    if transport is not None:
+        client = httpx.AsyncClient(
+            base_url=base_url, timeout=timeout_s, transport=transport, trust_env=False
+        )
+    headers = {"Content-Type": "application/json"}
+    started = time.monotonic()
 
-        async def send(prepared: Prepared, sent_at: float) -> None:
-            t0 = time.monotonic()
-            status, error = 0, ""
-            try:
+    async def send(prepared: Prepared, sent_at: float) -> None:
+        t0 = time.monotonic()
+        status, error = 0, ""
+        try:
+            if client is not None:
                 response = await client.post(prepared.path, content=prepared.body, headers=headers)
-                await response.aread()
                 status = response.status_code
-            except httpx.HTTPError as exc:
-                error = no_answer_kind(exc)
-            samples.append(
-                Sample(
-                    prepared.endpoint,
-                    prepared.items,
-                    time.monotonic() - t0,
-                    status,
-                    started_s=sent_at,
-                    error=error,
+            else:
+                status, _ = await rawhttp.post(
+                    base_url, prepared.path, prepared.body, timeout_s=timeout_s
                 )
+        except httpx.HTTPError as exc:
+            error = no_answer_kind(exc)
+        except rawhttp.NoAnswer as exc:
+            error = exc.kind
+        samples.append(
+            Sample(
+                prepared.endpoint,
+                prepared.items,
+                time.monotonic() - t0,
+                status,
+                started_s=sent_at,
+                error=error,
             )
+        )
 
+    try:
         next_at = 0.0
         while next_at < duration_s:
             delay = started + next_at - time.monotonic()
@@ -190,5 +201,8 @@ async def open_loop(
             next_at += rng.expovariate(rate_per_s)
         if in_flight:
             await asyncio.wait(in_flight, timeout=timeout_s + 5)
-        elapsed = time.monotonic() - started
+    finally:
+        if client is not None:
+            await client.aclose()
+    elapsed = time.monotonic() - started
     return samples, elapsed, not_sent

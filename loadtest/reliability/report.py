@@ -29,9 +29,21 @@ Found while building the suite (on the tiny model) and fixed in `service/`, not 
   model on 2 cores), so under 2x load admitted requests waited out their deadline and most
   ended in 504. Admission is now also bounded by latency: a request is refused (429, at
   once) when the pairs ahead of it plus its own would, at the measured throughput, take
-  longer than `RELEVANCE_ADMISSION_SLO_FACTOR` (0.9) of its SLO budget; the throughput is
-  measured while work is queued (gaps included) and seeded from the warm-up. Deadlines now
-  count from the request's arrival, not from the end of body parsing.
+  longer than `RELEVANCE_ADMISSION_SLO_FACTOR` (0.9) of its SLO budget, counting the
+  measured time requests spend outside the model (parsing, tokenizing, answering); the
+  throughput is measured while work is queued (gaps included, pairs and seconds averaged
+  apart) and seeded from the warm-up. Deadlines now count from the request's arrival, not
+  from the end of body parsing.
+- Overload where the HTTP work, not the model, is short of CPU (seen with the tiny model):
+  requests queued on the event loop and even 429s took seconds. Scoring requests are now
+  refused before their body is read when `RELEVANCE_MAX_CONCURRENT_REQUESTS` (64) are in
+  progress (which also bounds memory), when the event loop stays more than
+  `RELEVANCE_MAX_LOOP_LAG_MS` (100) behind, or when the queue alone is past its budget.
+- FastAPI ran the trivial dependencies (settings, engine, content-type check) on worker
+  threads: four thread hand-offs per request and a thread count that grew with
+  concurrency. They are `async def` now.
+- `RELEVANCE_TEACHER_DIR` naming a missing directory imported torch before failing, slowing
+  `/score` for seconds; it now fails at once.
 """
 
 
@@ -91,6 +103,9 @@ def render(
         "the SLO latency itself.",
         "- Recovery: from the moment the load stopped until three probes in a row are within "
         "1.5x (+10 ms) of the same request's latency on the idle server.",
+        "- Overload traffic is sent with `loadtest.rawhttp` (one connection per request): "
+        "httpx needed more CPU per request than the server on this machine and turned "
+        "client-side queueing into seconds of apparent latency.",
         "- The fast part of these checks runs with the tests: `pytest tests/reliability` "
         "(schemathesis in-process, hostile inputs, a 2-second overload, teacher and package "
         "faults, security).",
