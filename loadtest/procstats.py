@@ -15,13 +15,15 @@ from pathlib import Path
 
 @dataclass(frozen=True)
 class ProcSnapshot:
-    """One reading: resident and peak-resident memory (MiB), threads, open descriptors."""
+    """One reading: resident and peak-resident memory (MiB), threads, open descriptors, and
+    the machine's 1-minute load average (is someone else taking the CPU?)."""
 
     at_s: float
     rss_mib: float
     hwm_mib: float
     threads: int
     open_fds: int
+    load1: float | None = None
 
 
 def snapshot(pid: int, at_s: float = 0.0) -> ProcSnapshot | None:
@@ -43,6 +45,7 @@ def snapshot(pid: int, at_s: float = 0.0) -> ProcSnapshot | None:
         hwm_mib=mib("VmHWM"),
         threads=int(fields.get("Threads", "0").strip() or 0),
         open_fds=fds,
+        load1=round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
     )
 
 

@@ -75,7 +75,8 @@ def render(
     load = machine.get("load_average")
     lines += [
         f"- Machine: {machine['cpu']}, {machine['cores']} cores, {machine['memory_gib']} GiB; "
-        f"load average at start {load}; Python {machine['python']}; "
+        f"load average (1/5/15 min) at start {load}, at the end "
+        f"{machine.get('load_average_end')}; Python {machine['python']}; "
         + ", ".join(f"{k} {v}" for k, v in machine.get("versions", {}).items()),
         f"- Model: {model.get('name')} {model.get('version')} ({model.get('backbone')}), "
         f"{model.get('variant')} graph on {model.get('provider')}, from `{model.get('dir')}`",

@@ -86,7 +86,8 @@ def run(cfg: RunConfig, capacity: Capacity | None, duration_s: float) -> Row:
         and _within(fds, FD_SLACK)
     )
     per_window = "; ".join(
-        f"{w['from_s']:.0f}-{w['to_s']:.0f} s: p99 {w['p99_ms']} ms, RSS {w['rss_mib']} MiB"
+        f"{w['from_s']:.0f}-{w['to_s']:.0f} s: p99 {w['p99_ms']} ms, {w['errors']} not 200, "
+        f"RSS {w['rss_mib']} MiB, machine load {w['load1']}"
         for w in windows
     )
     return Row(
@@ -137,6 +138,7 @@ def _windows(
                 "rss_mib": reading.rss_mib if reading else None,
                 "threads": reading.threads if reading else None,
                 "open_fds": reading.open_fds if reading else None,
+                "load1": reading.load1 if reading else None,
             }
         )
         start = stop
