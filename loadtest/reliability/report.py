@@ -29,8 +29,8 @@ Found while building the suite (on the tiny model) and fixed in `service/`, not 
   model on 2 cores), so under 2x load admitted requests waited out their deadline and most
   ended in 504. Admission is now also bounded by latency: a request is refused (429, at
   once) when the pairs ahead of it plus its own would, at the measured throughput, take
-  longer than `RELEVANCE_ADMISSION_SLO_FACTOR` (0.9) of its SLO budget, counting the
-  measured time requests spend outside the model (parsing, tokenizing, answering); the
+  longer than `RELEVANCE_ADMISSION_SLO_FACTOR` ({factor:g} by default) of its SLO budget,
+  counting the measured time requests spend outside the model (parsing, tokenizing, answering); the
   throughput is measured while work is queued (gaps included, pairs and seconds averaged
   apart) and seeded from the warm-up. Deadlines now count from the request's arrival, not
   from the end of body parsing.
@@ -45,6 +45,12 @@ Found while building the suite (on the tiny model) and fixed in `service/`, not 
 - `RELEVANCE_TEACHER_DIR` naming a missing directory imported torch before failing, slowing
   `/score` for seconds; it now fails at once.
 """
+
+
+def _default_factor() -> float:
+    from service.settings import Settings
+
+    return float(Settings.model_fields["admission_slo_factor"].default)
 
 
 def _cell(text: str) -> str:
@@ -111,6 +117,6 @@ def render(
         "(schemathesis in-process, hostile inputs, a 2-second overload, teacher and package "
         "faults, security).",
         "",
-        FIXED_IN_SERVICE,
+        FIXED_IN_SERVICE.format(factor=_default_factor()),
     ]
     return "\n".join(lines)
