@@ -139,6 +139,9 @@ class VariantSpec(BaseModel):
     precision: VariantName
     # Execution providers this variant suits, best first.
     providers: list[str]
+    # Whether a pair's score is the same (to 1e-5) whatever else shares its batch, as the
+    # export measured it (parity.batch_invariance_max_abs_diff); None: not measured.
+    batch_invariant: bool | None = None
     # Parity numbers measured by the export (see training/export.py); free-form by design.
     parity: dict[str, Any] = Field(default_factory=dict)
     # How the graph was produced (optimisation level, quantization config, ...).
@@ -225,14 +228,29 @@ class ModelPackage:
             )
         return path
 
+    def is_batch_invariant(self, name: str) -> bool:
+        """Whether the variant scores a pair independently of the rest of its batch.
+
+        The export's measurement when the manifest has one; for older manifests, every
+        graph but a dynamically quantized INT8 one (one activation scale per batch tensor).
+        """
+        spec = self.manifest.variants[name]  # type: ignore[index]
+        if spec.batch_invariant is not None:
+            return spec.batch_invariant
+        return not (spec.precision == "int8" and spec.build.get("mode", "dynamic") == "dynamic")
+
     def select_variant(self, providers: Sequence[str]) -> str:
         """Best present variant for the available execution providers.
 
-        FP16 when CUDA is available, else INT8 for CPU, else FP32.
+        FP16 when CUDA is available; on CPU a batch-invariant INT8, else FP32, and an INT8
+        that is not batch-invariant only when it is the only graph on disk.
         """
         present = set(self.available_variants())
         order = ["fp16", "fp32", "int8"] if "CUDAExecutionProvider" in providers else []
-        order += ["int8", "fp32"]
+        if "int8" in present and self.is_batch_invariant("int8"):
+            order += ["int8", "fp32"]
+        else:
+            order += ["fp32", "int8"]
         for name in order:
             if name in present and any(
                 p in providers

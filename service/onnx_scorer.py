@@ -5,11 +5,12 @@ not usable (a CPU-only onnxruntime build, missing CUDA/cuDNN libraries, a failed
 the scorer falls back to the CPU provider with the INT8 graph (FP32 when INT8 is absent)
 and says so in one warning line; it never crashes for want of a GPU.
 
-On CPU the default is the fastest *batch-invariant* graph. A dynamically quantized INT8
-graph is not one: ``DynamicQuantizeLinear`` picks one scale for the whole activation
-tensor, so a pair's score moves with whatever else (and however much padding) shares its
-batch. It runs only when asked for (``variant="int8"``) or when it is the only graph on
-disk, with a warning; a statically quantized INT8 graph would be preferred automatically.
+On CPU the default is the fastest *batch-invariant* graph (``ModelPackage.select_variant``):
+the statically quantized INT8 graph when the export measured it batch-invariant, else FP32.
+A dynamically quantized INT8 graph is not batch-invariant: ``DynamicQuantizeLinear`` picks
+one scale for the whole activation tensor, so a pair's score moves with whatever else (and
+however much padding) shares its batch. Such a graph runs only when asked for
+(``variant="int8"``) or when it is the only graph on disk, with a warning.
 """
 
 from __future__ import annotations
@@ -110,7 +111,7 @@ class OnnxScorer:
         invariant = is_batch_invariant(package, variant)
         if not invariant:
             log.warning(
-                "the %s graph is dynamically quantized: a pair's score varies slightly with "
+                "the %s graph is not batch-invariant: a pair's score varies slightly with "
                 "the rest of its batch; use RELEVANCE_VARIANT=fp32 for batch-invariant scores",
                 variant,
             )
@@ -138,21 +139,12 @@ class OnnxScorer:
 
 
 def is_batch_invariant(package: ModelPackage, variant: str) -> bool:
-    """False for dynamically quantized graphs (one activation scale per batch tensor)."""
-    spec = package.manifest.variants[variant]  # type: ignore[index]
-    return not (spec.precision == "int8" and spec.build.get("mode", "dynamic") == "dynamic")
+    """False for graphs whose scores depend on the batch (dynamically quantized INT8)."""
+    return package.is_batch_invariant(variant)
 
 
 def _cpu_variant(package: ModelPackage) -> str:
     """Fastest batch-invariant CPU graph on disk; a dynamic INT8 only as the last resort."""
-    present = [
-        name
-        for name in package.available_variants()
-        if CPU in package.manifest.variants[name].providers  # type: ignore[index]
-    ]
-    for name in ("int8", "fp32"):
-        if name in present and is_batch_invariant(package, name):
-            return name
     return package.select_variant([CPU])
 
 

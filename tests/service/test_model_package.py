@@ -47,8 +47,33 @@ def test_load_verified_package(tiny_model_package: Path) -> None:
 
 def test_select_variant_by_provider(tiny_model_package: Path) -> None:
     package = load_package(tiny_model_package)
+    assert package.manifest.variants["int8"].batch_invariant is True
     assert package.select_variant(["CPUExecutionProvider"]) == "int8"
     assert package.select_variant(["CUDAExecutionProvider", "CPUExecutionProvider"]) == "fp16"
+
+
+def test_cpu_prefers_fp32_over_an_int8_that_is_not_batch_invariant(package_copy: Path) -> None:
+    data = json.loads((package_copy / MANIFEST_NAME).read_text())
+    data["variants"]["int8"]["batch_invariant"] = False
+    (package_copy / MANIFEST_NAME).write_text(json.dumps(data))
+    package = load_package(package_copy)
+    assert not package.is_batch_invariant("int8")
+    assert package.select_variant(["CPUExecutionProvider"]) == "fp32"
+    # ... but still runs it when it is the only CPU graph on disk.
+    (package_copy / "model.fp32.onnx").unlink()
+    assert load_package(package_copy).select_variant(["CPUExecutionProvider"]) == "int8"
+
+
+def test_batch_invariance_of_older_manifests(package_copy: Path) -> None:
+    # Without the export's measurement: a dynamic INT8 graph is assumed not invariant.
+    data = json.loads((package_copy / MANIFEST_NAME).read_text())
+    for spec in data["variants"].values():
+        spec.pop("batch_invariant", None)
+    data["variants"]["int8"]["build"]["mode"] = "dynamic"
+    (package_copy / MANIFEST_NAME).write_text(json.dumps(data))
+    package = load_package(package_copy)
+    assert package.is_batch_invariant("fp32") and not package.is_batch_invariant("int8")
+    assert package.select_variant(["CPUExecutionProvider"]) == "fp32"
 
 
 def test_corrupt_graph_is_refused_naming_the_file(package_copy: Path) -> None:

@@ -16,8 +16,10 @@ from onnx import numpy_helper
 from service.model_package import load_package
 from training import export
 from training.export import (
+    MAX_BATCH_INVARIANCE_DIFF,
     ExportError,
     Recipe,
+    batch_invariance,
     check_fp32_parity,
     check_ranking_parity,
     export_package,
@@ -25,6 +27,7 @@ from training.export import (
     onnx_scores,
     pairwise_accuracy,
     torch_scores,
+    write_calibration,
 )
 
 MAX_LENGTH = 64
@@ -291,6 +294,7 @@ def test_int8_node_selectors(tiny_student_dir: Path, tmp_path: Path) -> None:
     ]
     # Each restricted recipe builds a graph that runs.
     pairs = [("angle bracket", "Simpson Strong-Tie 12-Gauge Angle")]
+    write_calibration(tmp_path / "export", tiny_student_dir / "tokenizer.json", MAX_LENGTH, PAIRS)
     for recipe in export.RECIPES["int8"]:
         graph_path = recipe.make(tmp_path / "export", tmp_path / recipe.label)
         scores = onnx_scores(graph_path, tiny_student_dir / "tokenizer.json", MAX_LENGTH, pairs)
@@ -309,3 +313,144 @@ def test_unknown_manifest_key_is_refused(tiny_student_dir: Path, tmp_path: Path)
             extra_manifest={"colour": "blue"},
         )
     assert not (tmp_path / "pkg").exists()
+
+
+# Short probes and longer company: the probes are padded when they share a batch.
+PROBES = [(q, t) for _, q, t, _ in VALIDATION[:8]]
+COMPANY = [(f"{q} {q}", f"{t} {t} {t}") for _, q, t, _ in VALIDATION[4:20]]
+
+
+def _invariance(graph: Path, tokenizer: Path) -> float:
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(graph), providers=["CPUExecutionProvider"])
+    return batch_invariance(session, tokenizer, MAX_LENGTH, PROBES, COMPANY)
+
+
+def test_int8_variant_is_static_and_batch_invariant(tiny_model_package: Path) -> None:
+    tokenizer = tiny_model_package / "tokenizer.json"
+    spec = load_package(tiny_model_package).manifest.variants["int8"]
+    assert spec.build["mode"] == "static" and spec.build["recipe"].startswith("static-")
+    assert spec.build["calibration"] == {
+        "pairs": len(export.SMOKE_PAIRS),
+        "source": "built-in smoke pairs",
+    }
+    assert spec.batch_invariant is True
+    assert spec.parity["batch_invariance_max_abs_diff"] <= MAX_BATCH_INVARIANCE_DIFF
+    graph = tiny_model_package / "model.int8.onnx"
+    ops = {n.op_type for n in onnx.load(str(graph)).graph.node}
+    assert "QuantizeLinear" in ops and "DynamicQuantizeLinear" not in ops
+    # 8 pairs alone vs inside one batch with 16 longer pairs (padded to the longest).
+    assert len(PROBES) == 8 and len(COMPANY) == 16
+    assert min(len(q) + len(t) for q, t in COMPANY) > max(len(q) + len(t) for q, t in PROBES)
+    assert _invariance(graph, tokenizer) <= MAX_BATCH_INVARIANCE_DIFF
+    # Quantized for real (the diff is not 0), and sane: a tiny random model calibrated on
+    # six pairs is no test of accuracy, the MiniLM figures are in docs/model_package.md.
+    fp32 = onnx_scores(tiny_model_package / "model.fp32.onnx", tokenizer, MAX_LENGTH, PROBES)
+    int8 = onnx_scores(graph, tokenizer, MAX_LENGTH, PROBES)
+    assert 0 < np.max(np.abs(fp32 - int8)) < 0.1
+    for name in ("fp32", "fp16"):
+        parity = load_package(tiny_model_package).manifest.variants[name].parity  # type: ignore[index]
+        assert parity["batch_invariance_max_abs_diff"] <= MAX_BATCH_INVARIANCE_DIFF, name
+
+
+def test_dynamic_int8_is_detected_as_not_batch_invariant(
+    tiny_student_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    tokenizer = tiny_student_dir / "tokenizer.json"
+    dynamic, static = export.RECIPES["int8"][-4], export.RECIPES["int8"][0]
+    assert dynamic.label == "dynamic-per-channel" and not dynamic.batch_invariant
+    export._main_export(tiny_student_dir, tmp_path / "export")
+    graph = dynamic.make(tmp_path / "export", tmp_path / "dynamic")
+    assert _invariance(graph, tokenizer) > MAX_BATCH_INVARIANCE_DIFF
+
+    # The export measures it: a dynamic graph that passes parity is held back while a
+    # batch-invariant recipe is left, and is recorded as not batch-invariant.
+    fp32 = export.RECIPES["fp32"][-1:]
+    monkeypatch.setattr(export, "RECIPES", {"fp32": fp32, "int8": [dynamic, static]})
+    out = export_package(
+        tiny_student_dir,
+        tmp_path / "a",
+        name="a",
+        version="1",
+        max_length=MAX_LENGTH,
+        variants=("fp32", "int8"),
+        calibration_pairs=[(q, t) for _, q, t, _ in VALIDATION],
+    )
+    int8 = load_package(out).manifest.variants["int8"]
+    assert int8.build["recipe"] == static.label and int8.batch_invariant
+    assert int8.build["calibration"] == {"pairs": len(VALIDATION), "source": "caller"}
+    rejected = int8.build["rejected_recipes"]
+    assert [r["recipe"] for r in rejected] == [dynamic.label]
+    assert rejected[0]["reason"] == "not batch-invariant"
+    assert rejected[0]["batch_invariance_max_abs_diff"] > MAX_BATCH_INVARIANCE_DIFF
+
+    # With only dynamic recipes it is the last resort: written, flagged, not the CPU default.
+    monkeypatch.setattr(export, "RECIPES", {"fp32": fp32, "int8": [dynamic]})
+    out = export_package(
+        tiny_student_dir,
+        tmp_path / "b",
+        name="b",
+        version="1",
+        max_length=MAX_LENGTH,
+        variants=("fp32", "int8"),
+    )
+    package = load_package(out)
+    int8 = package.manifest.variants["int8"]
+    assert int8.build["recipe"] == dynamic.label and int8.batch_invariant is False
+    assert "rejected_recipes" not in int8.build
+    assert not package.is_batch_invariant("int8")
+    assert package.select_variant(["CPUExecutionProvider"]) == "fp32"
+    assert "int8: model.int8.onnx" in export.summarize(out)
+    assert "NOT batch-invariant" in export.summarize(out)
+
+
+def test_calibration_pairs_roundtrip(tiny_student_dir: Path, tmp_path: Path) -> None:
+    tokenizer = tiny_student_dir / "tokenizer.json"
+    assert write_calibration(tmp_path, tokenizer, MAX_LENGTH, PAIRS) == len(PAIRS)
+    feeds = export.read_calibration(tmp_path)
+    assert len(feeds) == len(PAIRS)
+    for feed, pair in zip(feeds, PAIRS, strict=True):
+        expected = export.encode_pairs(
+            export.load_tokenizer(tokenizer, MAX_LENGTH), [pair[0]], [pair[1]]
+        )
+        for name, array in expected.items():
+            np.testing.assert_array_equal(feed[name], array[0])
+    assert len(feeds[-1]["input_ids"]) == MAX_LENGTH  # the long pair is truncated, not padded
+    with pytest.raises(ExportError, match="calibration"):
+        export.read_calibration(tmp_path / "nowhere")
+    assert export._spread(list(range(10)), 4) == [0, 3, 6, 9]
+    assert export._spread([1, 2], 4) == [1, 2]
+
+
+def test_smoothing_moves_scales_without_changing_fp32_scores(
+    tiny_student_dir: Path, tmp_path: Path
+) -> None:
+    tokenizer = tiny_student_dir / "tokenizer.json"
+    export_dir = tmp_path / "export"
+    export._main_export(tiny_student_dir, export_dir)
+    write_calibration(export_dir, tokenizer, MAX_LENGTH, PAIRS)
+    model = onnx.load(str(export_dir / "model.onnx"))
+    skip = export._activation_matmuls(model.graph)
+    smoothed = export.smooth_activations(
+        model, export.read_calibration(export_dir), skip=skip, alpha=0.75
+    )
+    # Per layer: the Q/K/V input, the attention context, the FFN input and the FFN hidden.
+    assert smoothed == 4 * 2
+    muls = [n for n in model.graph.node if n.name.startswith("/smooth_quant/")]
+    assert len(muls) == smoothed
+    onnx.checker.check_model(model)
+    onnx.save(model, str(tmp_path / "smoothed.onnx"))
+    before = onnx_scores(export_dir / "model.onnx", tokenizer, MAX_LENGTH, PAIRS)
+    after = onnx_scores(tmp_path / "smoothed.onnx", tokenizer, MAX_LENGTH, PAIRS)
+    np.testing.assert_allclose(after, before, atol=1e-5)
+    original = {
+        i.name: numpy_helper.to_array(i)
+        for i in onnx.load(str(export_dir / "model.onnx")).graph.initializer
+    }
+    changed = [
+        i.name
+        for i in model.graph.initializer
+        if i.name in original and not np.array_equal(numpy_helper.to_array(i), original[i.name])
+    ]
+    assert len(changed) == 6 * 2  # Q, K, V, attention output, FFN in, FFN out per layer
