@@ -446,7 +446,13 @@ def _score_systems(
             notes="mean-pooled, normalised embeddings of query and title (no training)",
         )
     )
-    for size in [0, *curve_sizes(config, dataset)]:
+    # The curve's sizes, plus any other size trained with `distill --size N`.
+    trained = {
+        int(record["augment_pairs"])
+        for record in (read_run(d) for d in sorted(students_dir(config).glob("*")))
+        if record
+    }
+    for size in sorted({0, *curve_sizes(config, dataset), *trained}):
         run_dir = students_dir(config) / run_name(size)
         record = read_run(run_dir)
         if record is None:
@@ -678,7 +684,11 @@ def _backbone_name(config: TrainConfig) -> str:
 def stage_export(config: TrainConfig, student: str | None = None, force: bool = False) -> Path:
     """Export the chosen student to the default model package, with provenance and evaluation."""
     from service.model_package import ModelPackageError, load_package
-    from training.export import run_export, validation_pairs_from_frame
+    from training.export import (
+        calibration_pairs_from_frame,
+        run_export,
+        validation_pairs_from_frame,
+    )
 
     name = choose_student(config, student)
     run_dir = students_dir(config) / name
@@ -757,6 +767,7 @@ def stage_export(config: TrainConfig, student: str | None = None, force: bool = 
         max_length=config.student.max_length,
         backbone=_backbone_name(config),
         variants=config.export.variants,
+        calibration_pairs=calibration_pairs_from_frame(dataset.splits["train"]),
     )
 
 
