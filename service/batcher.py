@@ -51,6 +51,8 @@ class BatcherConfig:
     max_batch_tokens: int = 16384
     max_wait_ms: float = 2.0
     max_queue_pairs: int = 4096
+    # Pairs up to this many full batches are admitted whatever the measured rate says.
+    admit_free_batches: int = 4
     # Latency-aware admission (0 = off): a request of n pairs is refused (429) when the
     # admitted pairs plus its own, at the measured throughput, plus the measured
     # per-request overhead, would take longer than admit_latency_s * max(1, n /
@@ -228,6 +230,10 @@ class MicroBatcher:
         """Whether ``n_pairs`` more would be answered within the admission latency budget."""
         cfg = self.config
         if cfg.admit_latency_s <= 0 or self._reserved_pairs == 0 or self._pairs_per_s <= 0:
+            return True
+        # The rate is measured on the batches seen so far; a burst gets packed into full
+        # batches, which run faster per pair, so a few full batches are always admitted.
+        if self._reserved_pairs + n_pairs <= cfg.admit_free_batches * cfg.max_batch_size:
             return True
         budget_s = cfg.admit_latency_s * max(1.0, n_pairs / cfg.admit_items)
         wait_s = (self._reserved_pairs + n_pairs) / self._pairs_per_s

@@ -352,4 +352,35 @@ def test_admission_by_latency_refuses_what_would_miss_the_budget() -> None:
         with b.reserve(8), b.reserve(8):  # 16 pairs at ~600 pairs/s: well within 50 ms
             assert not b.saturated()
 
-    run(model, body, max_batch_size=8, max_wait_ms=1, admit_latency_s=0.05, admit_items=100)
+    run(
+        model,
+        body,
+        max_batch_size=8,
+        max_wait_ms=1,
+        admit_latency_s=0.05,
+        admit_items=100,
+        admit_free_batches=0,
+    )
+
+
+def test_admission_always_takes_a_few_full_batches_of_pairs() -> None:
+    # A seeded rate of 10 pairs/s would refuse 12 pairs ahead against a 50 ms budget, but
+    # 12 pairs fit in the free full batches (2 x 8), which a burst runs far faster per pair.
+    model = FakeModel(delay_s=0.01)
+
+    async def body(b: MicroBatcher) -> None:
+        b.seed_rate(10.0)
+        with b.reserve(6), b.reserve(6):
+            assert b.reserved_pairs == 12
+            with pytest.raises(Overloaded), b.reserve(6):  # 18 > 16 free pairs: judged by rate
+                pass
+
+    run(
+        model,
+        body,
+        max_batch_size=8,
+        max_wait_ms=1,
+        admit_latency_s=0.05,
+        admit_items=100,
+        admit_free_batches=2,
+    )
