@@ -75,6 +75,7 @@ from service.model_package import (
     sha256_file,
     write_manifest,
 )
+from training.evaluate import pairwise_accuracy
 
 if TYPE_CHECKING:
     import onnx
@@ -137,31 +138,6 @@ class ExportError(RuntimeError):
 
 
 # --------------------------------------------------------------------------- parity maths
-
-
-def pairwise_accuracy(
-    query_ids: Sequence[Hashable], grades: Sequence[float], scores: np.ndarray
-) -> float:
-    """Fraction of same-query pairs with different grades that the scores order correctly.
-
-    A score tie counts as half right. NaN when no query has two different grades.
-    """
-    groups = _group(query_ids)
-    grades_arr = np.asarray(grades, dtype=np.float64)
-    right = 0.0
-    total = 0
-    for rows in groups.values():
-        g = grades_arr[rows]
-        s = np.asarray(scores, dtype=np.float64)[rows]
-        # All ordered pairs (i, j) with g_i > g_j.
-        better = g[:, None] > g[None, :]
-        n = int(better.sum())
-        if n == 0:
-            continue
-        diff = s[:, None] - s[None, :]
-        right += float(((diff > 0) & better).sum()) + 0.5 * float(((diff == 0) & better).sum())
-        total += n
-    return right / total if total else math.nan
 
 
 def mean_kendall_tau(
