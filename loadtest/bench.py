@@ -78,9 +78,11 @@ class Plan:
     max_requests_per_level: int = 20_000
 
 
+# Moderate load is 2 clients: on 2 CPU cores one ~100-item request already keeps the
+# machine busy for ~0.5 s, so 2 in flight is about its capacity and 4 is overload.
 FULL = Plan(
     concurrency=(1, 2, 4, 8, 16, 32, 64),
-    moderate=4,
+    moderate=2,
     level_s=15.0,
     requests=600,
     warmup_requests=20,
@@ -89,8 +91,8 @@ FULL = Plan(
     batch_sizes=(1, 4, 8, 16, 32, 64, 128, 256),
 )
 QUICK = Plan(
-    concurrency=(1, 4, 16),
-    moderate=4,
+    concurrency=(1, 2, 4, 8),
+    moderate=2,
     level_s=4.0,
     requests=200,
     warmup_requests=6,
@@ -480,7 +482,8 @@ def run_http(
                 f"SLO {'held' if level['slo']['held'] else 'missed'}"
             )
             ratio = figures["slo"]["p99_latency_over_budget"]
-            if ratio is None or ratio > 4:
+            # The moderate level is always measured: its p99 is a figure of the report.
+            if (ratio is None or ratio > 4) and concurrency >= plan.moderate:
                 result.notes["stopped_climbing"] = f"after c={concurrency}: far past the SLO"
                 break
     except RuntimeError as exc:
@@ -522,6 +525,13 @@ def assemble(
         return round(a / b, 3) if a and b else None
 
     at_slo = service.get("pairs_per_s_at_slo")
+    # Systems measured that never held the SLO while the service did: the ratio at SLO is
+    # unbounded. It is reported as null with this note, and its target counts as met.
+    never_held = {
+        key: f"{name} never held the SLO at any measured load"
+        for key, name in (("service_over_naive", "naive"), ("service_over_peer", "infinity"))
+        if at_slo and "levels" in http.get(name, {}) and not http[name]["pairs_per_s_at_slo"]
+    }
     ratios = {
         "service_over_naive": ratio(at_slo, http.get("naive", {}).get("pairs_per_s_at_slo")),
         "service_over_peer": ratio(at_slo, http.get("infinity", {}).get("pairs_per_s_at_slo")),
@@ -569,7 +579,12 @@ def assemble(
         "http": http,
         "ratios": ratios,
         "targets": {
-            name: {"target": target, "met": ratios[name] is not None and ratios[name] >= target}
+            name: {
+                "target": target,
+                "met": name in never_held
+                or (ratios[name] is not None and ratios[name] >= target),
+                **({"note": never_held[name]} if name in never_held else {}),
+            }
             for name, target in TARGETS.items()
         },
     }
@@ -605,7 +620,10 @@ def summary_table(figures: dict[str, Any]) -> str:
         target = figures["targets"].get(name)
         verdict = "" if target is None else f"  (target >= {target['target']}: "
         verdict += "" if target is None else ("met)" if target["met"] else "NOT met)")
-        lines.append(f"{name:<28}{value if value is not None else 'n/a':>10}{verdict}")
+        shown = "unbounded" if target and "note" in target else value
+        shown = "n/a" if shown is None else shown
+        note = f"  {target['note']}" if target and "note" in target else ""
+        lines.append(f"{name:<28}{shown:>10}{verdict}{note}")
     return "\n".join(lines)
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import logging
 import math
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -15,7 +16,11 @@ import uvicorn
 from fastapi import FastAPI
 
 from service.app import create_app
+from service.model_package import ModelPackageError, load_package
 from service.settings import Settings
+
+# uvicorn's exit status for a failed startup; kept for a package refused before it.
+EXIT_STARTUP_FAILED = 3
 
 
 def parse_settings(argv: Sequence[str] | None = None) -> Settings:
@@ -36,12 +41,25 @@ def parse_settings(argv: Sequence[str] | None = None) -> Settings:
     return Settings(**{k: v for k, v in flags.items() if v is not None})
 
 
-def serve(app: FastAPI, settings: Settings) -> None:
-    """Run ``app`` under uvicorn with the settings' address, logging and graceful shutdown."""
+def configure_logging(settings: Settings) -> None:
     logging.basicConfig(
         level=settings.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+
+
+def verify_package(settings: Settings) -> None:
+    """Refuse to start, with one clear line and no traceback, when the package is unusable."""
+    try:
+        load_package(settings.model_dir)
+    except ModelPackageError as exc:
+        logging.getLogger("service").error("cannot load the model package: %s", exc)
+        sys.exit(EXIT_STARTUP_FAILED)
+
+
+def serve(app: FastAPI, settings: Settings) -> None:
+    """Run ``app`` under uvicorn with the settings' address, logging and graceful shutdown."""
+    configure_logging(settings)
     uvicorn.run(
         app,
         host=settings.host,
@@ -54,6 +72,8 @@ def serve(app: FastAPI, settings: Settings) -> None:
 
 def main(argv: Sequence[str] | None = None) -> None:
     settings = parse_settings(argv)
+    configure_logging(settings)
+    verify_package(settings)
     serve(create_app(settings), settings)
 
 

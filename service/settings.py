@@ -76,9 +76,11 @@ class Settings(BaseSettings):
     max_deadline_ms: int = Field(60000, ge=1)
 
     # SLO: a request of n items meets it when latency <= slo_latency_ms * max(1, n / slo_items)
-    # 500 ms: a 100-item request on 2 CPU cores with the FP32 graph (~265 pairs/s, TOOLCHAIN.md)
-    # plus HTTP overhead; about 250 ms fits INT8, 50 ms a GPU.
-    slo_latency_ms: float = Field(500.0, gt=0)
+    # 1000 ms: twice the compute floor of a 100-item request on 2 CPU cores (the default INT8
+    # graph's best session rate is ~205 pairs/s on the benchmark's Home Depot pairs, so
+    # 100 items take >= 490 ms), leaving room for one request queued behind another.
+    # Tighten it where the hardware allows (a GPU deployment measures its own floor).
+    slo_latency_ms: float = Field(1000.0, gt=0)
     slo_items: int = Field(100, ge=1)
     slo_window_s: float = Field(300.0, gt=0, description="Window of the rolling compliance ratio.")
     admission_slo_factor: float = Field(

@@ -784,15 +784,50 @@ def stage_all(config: TrainConfig, force: bool = False, command: str | None = No
     return stage_export(config, force=force)
 
 
+def cached_augmentation_size(config: TrainConfig, dataset: Dataset) -> int:
+    """How many pairs of the augmentation set already carry a cached teacher label."""
+    path = augmentation_labels_path(config, dataset)
+    if not path.is_file():
+        return 0
+    labels = read_labels(path).loc[:, ["query_key", "product_id"]]
+    augmentation = load_augmentation(config, dataset).loc[:, ["query_key", "product_id"]]
+    return len(augmentation.merge(labels, on=["query_key", "product_id"], how="inner"))
+
+
+def rebuild_default(config: TrainConfig) -> Path:
+    """Rebuild the default package from what is on disk, never running the teacher.
+
+    Trains the human-only student and, when teacher labels of the augmentation set are
+    cached, a student distilled on all of them; exports the better one on validation.
+    Bounded by student training time (no labeling, which takes hours on a CPU).
+    """
+    dataset = load_dataset(config)
+    sizes = [0]
+    try:
+        cached = cached_augmentation_size(config, dataset)
+    except PipelineError:
+        cached = 0
+    if cached:
+        sizes.append(cached)
+    logger.info(
+        "rebuilding the default package from cached inputs: students %s",
+        [run_name(size) for size in sizes],
+    )
+    runs = stage_distill(config, sizes=sizes)
+    records = [r for r in (read_run(d) for d in runs) if r]
+    best = max(records, key=lambda r: r["validation_pairwise_accuracy"] or -1.0)
+    return stage_export(config, student=best["name"])
+
+
 def ensure_default(config: TrainConfig) -> Path | None:
-    """Used by ``make serve``: keep a verified default package, else build it with ``all``."""
+    """Used by ``make serve``: keep a verified default package, else rebuild it from the cache."""
     from service.model_package import ModelPackageError, load_package
 
     try:
         load_package(config.default_package_dir)
     except ModelPackageError as exc:
-        logger.warning("default model package unusable (%s); building it with the pipeline", exc)
-        return stage_all(config, command=reproduce_command(["all"]))
+        logger.warning("default model package unusable (%s); rebuilding it", exc)
+        return rebuild_default(config)
     logger.info("default model package %s verifies; nothing to do", config.default_package_dir)
     return config.default_package_dir
 

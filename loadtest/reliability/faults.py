@@ -236,8 +236,8 @@ def _package_faults(cfg: RunConfig) -> Row:
         "Corrupt or missing model package",
         f"{len(results)} damaged packages, each started with python -m service",
         held,
-        "exits (status 3) before listening, with an error line naming the file; never "
-        "answers a request",
+        "exits (status 3) before listening, with one error line naming the file and no "
+        "traceback; never answers a request",
         numbers,
         {"cases": results},
     )
@@ -260,8 +260,8 @@ def _refuses(case: str, model_dir: Path, culprit: str, log_dir: Path) -> dict[st
         proc.wait(10)
     seconds = time.monotonic() - started
     text = log.read_text(errors="replace")
-    errors = [line for line in text.splitlines() if "ERROR service.app" in line]
-    error = errors[0].split("ERROR service.app: ", 1)[-1] if errors else "(no error line)"
+    errors = [m.group(1) for m in re.finditer(r"ERROR service[\w.]*: (.*)", text)]
+    error = errors[0] if errors else "(no error line)"
     # The message names the package twice (where it looked, what failed): keep the second.
     error = error.split(": ", 1)[-1].replace(str(model_dir.parent) + "/", "")
     return {
@@ -270,7 +270,11 @@ def _refuses(case: str, model_dir: Path, culprit: str, log_dir: Path) -> dict[st
         "seconds": seconds,
         "answered": answered,
         "error": error,
-        "held": proc.returncode == 3 and not answered and culprit in error,
+        "traceback": "Traceback" in text,
+        "held": proc.returncode == 3
+        and not answered
+        and culprit in error
+        and "Traceback" not in text,
     }
 
 

@@ -27,9 +27,9 @@ def _level(concurrency: int, pairs_per_s: float, p99_ms: float, held: bool) -> d
 
 
 def _figures() -> dict:
-    service = HttpResult("service", [_level(1, 500, 80, True), _level(4, 1500, 200, True),
-                                     _level(16, 1800, 900, False)])  # fmt: skip
-    naive = HttpResult("naive", [_level(1, 300, 300, True), _level(4, 350, 1200, False)])
+    service = HttpResult("service", [_level(1, 500, 80, True), _level(2, 1500, 200, True),
+                                     _level(8, 1800, 900, False)])  # fmt: skip
+    naive = HttpResult("naive", [_level(1, 300, 300, True), _level(2, 350, 1200, False)])
     peer = HttpResult("infinity", error="infinity: setup_infinity.sh failed: no wheel")
     args = argparse.Namespace(quick=True, model=Path("models/x"), provider="cpu", variant="auto",
                               threads=0)  # fmt: skip
@@ -49,7 +49,7 @@ def _figures() -> dict:
 def test_figures_pick_highest_load_within_slo_and_ratios() -> None:
     figures = _figures()
     service = figures["http"]["service"]
-    assert service["pairs_per_s_at_slo"] == 1500 and service["concurrency_at_slo"] == 4
+    assert service["pairs_per_s_at_slo"] == 1500 and service["concurrency_at_slo"] == 2
     assert service["p99_ms_at_moderate"] == 200 and service["peak_pairs_per_s"] == 1800
     assert figures["http"]["infinity"] == {"error": "infinity: setup_infinity.sh failed: no wheel"}
     assert figures["ratios"]["service_over_naive"] == 5.0
@@ -67,3 +67,30 @@ def test_table_and_plot(tmp_path: Path) -> None:
     assert "service_over_naive" in table
     path = plot(figures, tmp_path / "plot.png")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_ratio_is_unbounded_when_the_other_system_never_holds_the_slo() -> None:
+    figures = _figures()
+    naive = HttpResult("naive", [_level(1, 300, 900, False), _level(2, 350, 1200, False)])
+    args = argparse.Namespace(quick=True, model=Path("models/x"), provider="cpu", variant="auto",
+                              threads=0)  # fmt: skip
+    service = HttpResult("service", [_level(1, 500, 80, True)])
+    figures = assemble(
+        args,
+        QUICK,
+        Slo(500, 100),
+        {"name": "x", "version": "1", "max_length": 64},
+        Catalogue.synthetic(),
+        Mix(),
+        {"pairs_per_s": 2000.0, "batch_size": 32, "variant": "fp32", "provider": "CPU"},
+        {"error": "not installed"},
+        {"service": service, "naive": naive},
+    )
+    assert figures["http"]["naive"]["pairs_per_s_at_slo"] == 0
+    assert figures["ratios"]["service_over_naive"] is None
+    target = figures["targets"]["service_over_naive"]
+    assert target["met"] is True and "naive never held the SLO" in target["note"]
+    # A peer that was not measured at all is not "never held": its target stays unmet.
+    assert figures["targets"]["service_over_peer"]["met"] is False
+    assert "unbounded" in summary_table(figures)
+    json.dumps(figures, allow_nan=False)

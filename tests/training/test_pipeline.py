@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from dataclasses import replace
 from pathlib import Path
 
@@ -90,7 +91,11 @@ def tiny_config(root: Path, data: Path, teacher_base: Path, student_dir: Path) -
 
 @pytest.mark.slow
 def test_tiny_end_to_end(
-    tmp_path: Path, tiny_dataset: Path, tiny_teacher_base: Path, tiny_student_dir: Path
+    tmp_path: Path,
+    tiny_dataset: Path,
+    tiny_teacher_base: Path,
+    tiny_student_dir: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     config = tiny_config(tmp_path, tiny_dataset, tiny_teacher_base, tiny_student_dir)
     dataset = load_dataset(config)
@@ -190,19 +195,28 @@ def test_tiny_end_to_end(
         exported["metrics"]["pairwise_accuracy"], abs=0.02
     )
 
+    # ensure-default with the package gone: rebuilt from the students and cached labels,
+    # the teacher never runs.
+    def no_teacher(*_: object, **__: object) -> None:
+        raise AssertionError("ensure-default must not run the teacher")
+
+    monkeypatch.setattr(pipeline, "LazyTeacher", no_teacher)
+    monkeypatch.setattr(pipeline, "stage_teacher", no_teacher)
+    shutil.rmtree(package_dir)
+    assert ensure_default(config) == package_dir
+    assert load_package(package_dir).manifest.provenance["student"]["run"] == chosen
+
 
 def test_ensure_default_keeps_a_verified_package(
     tmp_path: Path, fp32_package: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import shutil
-
     config = load_config(overrides={"paths": {"models_dir": str(tmp_path)}}, environ={})
     shutil.copytree(fp32_package, config.default_package_dir)
     built: list[TrainConfig] = []
-    monkeypatch.setattr(pipeline, "stage_all", lambda c, **_: built.append(c))
+    monkeypatch.setattr(pipeline, "rebuild_default", lambda c: built.append(c))
     assert main(["ensure-default", "--set", f"paths.models_dir={json.dumps(str(tmp_path))}"]) == 0
     assert ensure_default(config) == config.default_package_dir and not built
-    # A corrupt file fails verification: the pipeline is asked to rebuild the package.
+    # A corrupt file fails verification: the package is rebuilt from cached inputs.
     (config.default_package_dir / "tokenizer.json").write_text("{}")
     ensure_default(config)
     assert built == [config]
