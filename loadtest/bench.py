@@ -581,8 +581,7 @@ def assemble(
         "targets": {
             name: {
                 "target": target,
-                "met": name in never_held
-                or (ratios[name] is not None and ratios[name] >= target),
+                "met": name in never_held or (ratios[name] is not None and ratios[name] >= target),
                 **({"note": never_held[name]} if name in never_held else {}),
             }
             for name, target in TARGETS.items()
