@@ -51,7 +51,8 @@ class BatcherConfig:
     max_batch_tokens: int = 16384
     max_wait_ms: float = 2.0
     max_queue_pairs: int = 4096
-    # Pairs up to this many full batches are admitted whatever the measured rate says.
+    # Pairs up to this many full batches are admitted whatever the rate says, until the
+    # rate has been measured on large batches (a burst at start-up runs faster per pair).
     admit_free_batches: int = 4
     # Latency-aware admission (0 = off): a request of n pairs is refused (429) when the
     # admitted pairs plus its own, at the measured throughput, plus the measured
@@ -231,9 +232,12 @@ class MicroBatcher:
         cfg = self.config
         if cfg.admit_latency_s <= 0 or self._reserved_pairs == 0 or self._pairs_per_s <= 0:
             return True
-        # The rate is measured on the batches seen so far; a burst gets packed into full
-        # batches, which run faster per pair, so a few full batches are always admitted.
-        if self._reserved_pairs + n_pairs <= cfg.admit_free_batches * cfg.max_batch_size:
+        # Until large batches have been timed, the rate comes from small ones (or warm-up)
+        # and understates a burst packed into full batches: a few full batches are then
+        # admitted regardless. Once it is measured on large batches the rate is trusted, so
+        # a sustained overload cannot keep that many batches queued past the budget.
+        free_pairs = cfg.admit_free_batches * cfg.max_batch_size
+        if not self._rate_from_large and self._reserved_pairs + n_pairs <= free_pairs:
             return True
         budget_s = cfg.admit_latency_s * max(1.0, n_pairs / cfg.admit_items)
         wait_s = (self._reserved_pairs + n_pairs) / self._pairs_per_s

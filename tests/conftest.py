@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 
 TINY_MAX_LENGTH = 64
+
+
+@pytest.fixture(autouse=True)
+def _no_relevance_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A RELEVANCE_* variable in the shell must not leak into the tests' settings."""
+    for name in list(os.environ):
+        if name.startswith("RELEVANCE_"):
+            monkeypatch.delenv(name)
 
 
 def build_tiny_student(model_dir: Path, *, seed: int = 0) -> Path:

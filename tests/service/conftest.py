@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -12,14 +11,6 @@ from fastapi import FastAPI
 
 from service.app import create_app
 from service.settings import Settings
-
-
-@pytest.fixture(autouse=True)
-def _no_relevance_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A RELEVANCE_* variable in the shell must not leak into the tests' settings."""
-    for name in list(os.environ):
-        if name.startswith("RELEVANCE_"):
-            monkeypatch.delenv(name)
 
 
 @pytest.fixture

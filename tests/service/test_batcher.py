@@ -363,6 +363,35 @@ def test_admission_by_latency_refuses_what_would_miss_the_budget() -> None:
     )
 
 
+def test_free_batches_stop_once_the_rate_is_measured_on_full_batches() -> None:
+    # 10 ms per batch of 8: ~800 pairs/s on full batches, so a 50 ms budget holds ~40 pairs;
+    # the 8 free batches would hold 64.
+    model = FakeModel(delay_s=0.01)
+
+    async def body(b: MicroBatcher) -> None:
+        b.seed_rate(10.0)  # a pessimistic warm-up figure: only the free batches admit
+        with b.reserve(30), b.reserve(30):
+            pass
+        for i in range(3):
+            await submit(b, [make_pair(6, seed=10 * i + j) for j in range(8)])
+        budget_pairs = 0.05 * b.pairs_per_s
+        assert 20 < budget_pairs < 60
+        with b.reserve(int(budget_pairs) - 5):
+            # Within the 64 free pairs, but past the budget at the measured rate.
+            with pytest.raises(Overloaded), b.reserve(10):
+                pass
+
+    run(
+        model,
+        body,
+        max_batch_size=8,
+        max_wait_ms=1,
+        admit_latency_s=0.05,
+        admit_items=100,
+        admit_free_batches=8,
+    )
+
+
 def test_admission_always_takes_a_few_full_batches_of_pairs() -> None:
     # A seeded rate of 10 pairs/s would refuse 12 pairs ahead against a 50 ms budget, but
     # 12 pairs fit in the free full batches (2 x 8), which a burst runs far faster per pair.
