@@ -376,10 +376,9 @@ def test_free_batches_stop_once_the_rate_is_measured_on_full_batches() -> None:
             await submit(b, [make_pair(6, seed=10 * i + j) for j in range(8)])
         budget_pairs = 0.05 * b.pairs_per_s
         assert 20 < budget_pairs < 60
-        with b.reserve(int(budget_pairs) - 5):
-            # Within the 64 free pairs, but past the budget at the measured rate.
-            with pytest.raises(Overloaded), b.reserve(10):
-                pass
+        # Within the 64 free pairs, but past the budget at the measured rate.
+        with b.reserve(int(budget_pairs) - 5), pytest.raises(Overloaded), b.reserve(10):
+            pass
 
     run(
         model,
