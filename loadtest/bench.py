@@ -32,6 +32,7 @@ import json
 import os
 import platform
 import shlex
+import signal
 import subprocess
 import sys
 import tempfile
@@ -171,6 +172,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    # A SIGTERM (kill, timeout) unwinds like Ctrl-C, so each server's finally stops it.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
     plan = QUICK if args.quick else FULL
     if args.concurrency:
         plan = _replace(plan, concurrency=tuple(int(c) for c in args.concurrency.split(",")))
@@ -463,6 +466,7 @@ def run_http(
                     concurrency,
                     plan.level_s,
                     max_requests=plan.max_requests_per_level,
+                    honour_retry_after=True,
                 )
             )
             figures = summarize(samples, elapsed, slo)

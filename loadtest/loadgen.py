@@ -54,11 +54,15 @@ async def closed_loop(
     max_requests: int = 100_000,
     timeout_s: float = 30.0,
     grace_s: float = 35.0,
+    honour_retry_after: bool = False,
+    transport: httpx.AsyncBaseTransport | None = None,
 ) -> tuple[list[Sample], float]:
     """Run ``concurrency`` workers over ``requests`` (cycled) until time or count runs out.
 
     Returns the samples and the elapsed seconds. A request that gets no HTTP answer is a
-    sample with status 0.
+    sample with status 0. With ``honour_retry_after`` a worker told 429/503 waits the
+    answer's ``Retry-After`` seconds (within the level's time) before its next request,
+    as a well-behaved client does, instead of retrying at once.
     """
     samples: list[Sample] = []
     order = itertools.cycle(range(len(requests)))
@@ -66,7 +70,7 @@ async def closed_loop(
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     headers = {"Content-Type": "application/json"}
     async with httpx.AsyncClient(
-        base_url=base_url, timeout=timeout_s, limits=limits, trust_env=False
+        base_url=base_url, timeout=timeout_s, limits=limits, trust_env=False, transport=transport
     ) as client:
         started = time.monotonic()
         deadline = started + duration_s
@@ -82,10 +86,14 @@ async def closed_loop(
                     await response.aread()
                     status = response.status_code
                 except httpx.HTTPError:
-                    status = 0
+                    status, response = 0, None
                 samples.append(
                     Sample(prepared.endpoint, prepared.items, time.monotonic() - t0, status)
                 )
+                if honour_retry_after and response is not None and status in (429, 503):
+                    wait_s = retry_after_s(response)
+                    if wait_s:
+                        await asyncio.sleep(min(wait_s, max(0.0, deadline - time.monotonic())))
 
         tasks = [asyncio.create_task(worker()) for _ in range(concurrency)]
         _, late = await asyncio.wait(tasks, timeout=duration_s + grace_s)
@@ -93,6 +101,15 @@ async def closed_loop(
             task.cancel()
         elapsed = time.monotonic() - started
     return samples, elapsed
+
+
+def retry_after_s(response: httpx.Response) -> float | None:
+    """The ``Retry-After`` of an answer in seconds (the delta-seconds form), if any."""
+    value = response.headers.get("Retry-After", "")
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        return None
 
 
 async def check_answer(base_url: str, prepared: Prepared, expect_items: int) -> str | None:
