@@ -67,6 +67,9 @@ def run(cfg: RunConfig) -> tuple[list[Row], Capacity | None]:
                 CAPACITY_CONCURRENCY,
                 capacity_s,
                 timeout_s=deadline_s + 10,
+                # Refused clients back off as told; retrying at once would flood the cores
+                # with refusals and understate what the server can do.
+                honour_retry_after=True,
             )
         )
         ok = [s for s in samples if s.ok]
