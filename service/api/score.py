@@ -12,7 +12,7 @@ from fastapi import APIRouter, Depends, Request, Response
 
 from service.api.deps import get_engine, get_settings, get_shadow, require_json
 from service.engine import EngineResult, ScoringEngine
-from service.errors import InvalidInput, PayloadTooLarge
+from service.errors import DeadlineExceeded, InvalidInput, PayloadTooLarge
 from service.middleware import arrival_time
 from service.schemas import (
     ERROR_RESPONSES,
@@ -77,6 +77,14 @@ def check_limits(
             out[i] = text[:limit]
             cut.add(i)
     return query, out, cut
+
+
+async def _within(scoring: Awaitable[np.ndarray], seconds: float) -> np.ndarray:
+    """``scoring``'s result, or 504 once the request's own deadline has passed."""
+    try:
+        return await asyncio.wait_for(scoring, max(0.0, seconds))
+    except TimeoutError:
+        raise DeadlineExceeded("deadline_ms: the teacher did not answer in time") from None
 
 
 def deadline_for(settings: Settings, started: float, deadline_ms: int | None) -> float:
@@ -275,7 +283,12 @@ async def shadow_score(
         items_field="items",
         text_field="items[{}].text",
     )
-    values = await until_disconnect(request, shadow.score(query, texts))
+    scoring: Awaitable[np.ndarray] = shadow.score(query, texts)
+    if body.deadline_ms is not None:
+        # Without one, the shadow's own timeout governs (the teacher is slow by design).
+        remaining_s = deadline_for(settings, started, body.deadline_ms) - time.monotonic()
+        scoring = _within(scoring, remaining_s)
+    values = await until_disconnect(request, scoring)
     classify = engine.package.manifest.score.classify
     order = _ranked(values, body.top_k) if body.top_k else range(len(texts))
     ids = [item.id for item in body.items]

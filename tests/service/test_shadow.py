@@ -117,6 +117,30 @@ def test_shadow_busy_is_429_and_slow_is_504(make_app: Callable[..., FastAPI]) ->
     run(body)
 
 
+def test_shadow_honours_the_requests_deadline_ms(make_app: Callable[..., FastAPI]) -> None:
+    app = make_app(
+        teacher_loader=lambda: FakeTeacher(delay_s=0.5),
+        shadow_timeout_s=5,
+        default_deadline_ms=1000,
+        max_deadline_ms=1000,
+    )
+
+    async def body() -> None:
+        async with serving(app) as client:
+            assert await app.state.shadow.wait_loaded(10)
+            payload = {"query": QUERY, "items": ["a", "b"]}
+            r = await client.post("/shadow/score", json={**payload, "deadline_ms": 5000})
+            assert r.status_code == 422 and "deadline_ms" in r.text
+            t0 = time.monotonic()
+            r = await client.post("/shadow/score", json={**payload, "deadline_ms": 100})
+            assert r.status_code == 504 and "deadline_ms" in r.text
+            assert time.monotonic() - t0 < 0.45  # the teacher's 0.5 s was not waited out
+            r = await client.post("/shadow/score", json={**payload, "deadline_ms": 1000})
+            assert r.status_code in (200, 429)  # 429: the timed-out call may still hold a slot
+
+    run(body)
+
+
 @pytest.mark.parametrize("teacher", ["failing", "slow"])
 def test_mirror_trouble_leaves_score_unchanged(
     make_app: Callable[..., FastAPI], teacher: str
