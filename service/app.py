@@ -53,6 +53,7 @@ def batcher_config(settings: Settings) -> BatcherConfig:
         max_queue_pairs=settings.max_queue_pairs,
         admit_latency_s=settings.slo_latency_ms / 1000 * settings.admission_slo_factor,
         admit_items=settings.slo_items,
+        window_batches=settings.pack_window_batches,
     )
 
 

@@ -53,6 +53,12 @@ class Settings(BaseSettings):
     max_queue_pairs: int = Field(
         4096, ge=1, description="Pairs admitted and not yet answered; beyond it, 429."
     )
+    pack_window_batches: int = Field(
+        4,
+        ge=1,
+        description="Batches' worth of the oldest queued pairs that packing sorts by length; "
+        "1 = request order (later requests cannot delay earlier ones by more than a batch).",
+    )
     tokenizer_threads: int = Field(1, ge=1)
     max_concurrent_requests: int = Field(
         64,
