@@ -51,9 +51,13 @@ class BatcherConfig:
     max_batch_tokens: int = 16384
     max_wait_ms: float = 2.0
     max_queue_pairs: int = 4096
-    # Pairs up to this many full batches are admitted whatever the rate says, until the
-    # rate has been measured on large batches (a burst at start-up runs faster per pair).
+    # Burst allowance: pairs up to this many full batches are admitted whatever the rate
+    # says, while the rate has not been measured on large batches yet, and for requests
+    # arriving within admit_burst_window_s of the first one that found the queue empty (a
+    # burst from idle, e.g. a page's fan-out). Sustained overload never finds the queue
+    # empty for long, so it is judged by the rate.
     admit_free_batches: int = 4
+    admit_burst_window_s: float = 0.5
     # Latency-aware admission (0 = off): a request of n pairs is refused (429) when the
     # admitted pairs plus its own, at the measured throughput, plus the measured
     # per-request overhead, would take longer than admit_latency_s * max(1, n /
@@ -135,6 +139,7 @@ class MicroBatcher:
         self._avg_span_s = 0.0
         self._overhead_s = 0.0
         self._rate_from_large = False
+        self._burst_started_at = -math.inf
         self._last_batch_end = 0.0
         self._backlogged = False  # work was queued when the last batch ended
 
@@ -201,6 +206,8 @@ class MicroBatcher:
                 f"queue full ({self._reserved_pairs} of {capacity} pairs in flight); retry later",
                 retry_after_s=self._retry_after_s(),
             )
+        if self._reserved_pairs == 0:
+            self._burst_started_at = time.monotonic()
         if not self._within_latency(n_pairs):
             raise Overloaded(
                 f"overloaded: {self._reserved_pairs} pairs ahead would take "
@@ -232,12 +239,12 @@ class MicroBatcher:
         cfg = self.config
         if cfg.admit_latency_s <= 0 or self._reserved_pairs == 0 or self._pairs_per_s <= 0:
             return True
-        # Until large batches have been timed, the rate comes from small ones (or warm-up)
-        # and understates a burst packed into full batches: a few full batches are then
-        # admitted regardless. Once it is measured on large batches the rate is trusted, so
-        # a sustained overload cannot keep that many batches queued past the budget.
+        # Burst allowance (see BatcherConfig): before large batches are timed the rate
+        # understates a burst packed into full batches; after, only a burst from idle gets
+        # it, so sustained overload cannot keep that many batches queued past the budget.
         free_pairs = cfg.admit_free_batches * cfg.max_batch_size
-        if not self._rate_from_large and self._reserved_pairs + n_pairs <= free_pairs:
+        in_burst = time.monotonic() - self._burst_started_at <= cfg.admit_burst_window_s
+        if (in_burst or not self._rate_from_large) and self._reserved_pairs + n_pairs <= free_pairs:
             return True
         budget_s = cfg.admit_latency_s * max(1.0, n_pairs / cfg.admit_items)
         wait_s = (self._reserved_pairs + n_pairs) / self._pairs_per_s

@@ -100,6 +100,13 @@ class Settings(BaseSettings):
         "take longer than this share of its SLO latency at the measured throughput; 0 = only "
         "max_queue_pairs limits admission.",
     )
+    admission_burst_window_ms: float = Field(
+        500.0,
+        ge=0,
+        description="Requests arriving this soon after one found the queue empty form a burst, "
+        "admitted up to 4 full batches whatever the latency forecast (a page's fan-out); "
+        "sustained load is judged by the forecast alone.",
+    )
 
     # Teacher shadow
     teacher_dir: Path | None = None

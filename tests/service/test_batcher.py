@@ -401,7 +401,7 @@ def test_admission_by_latency_refuses_what_would_miss_the_budget() -> None:
     )
 
 
-def test_free_batches_stop_once_the_rate_is_measured_on_full_batches() -> None:
+def test_burst_allowance_only_for_a_burst_from_idle() -> None:
     # 10 ms per batch of 8: ~800 pairs/s on full batches, so a 50 ms budget holds ~40 pairs;
     # the 8 free batches would hold 64.
     model = FakeModel(delay_s=0.01)
@@ -414,9 +414,12 @@ def test_free_batches_stop_once_the_rate_is_measured_on_full_batches() -> None:
             await submit(b, [make_pair(6, seed=10 * i + j) for j in range(8)])
         budget_pairs = 0.05 * b.pairs_per_s
         assert 20 < budget_pairs < 60
-        # Within the 64 free pairs, but past the budget at the measured rate.
-        with b.reserve(int(budget_pairs) - 5), pytest.raises(Overloaded), b.reserve(10):
-            pass
+        with b.reserve(int(budget_pairs) - 5):  # finds the queue empty: a burst starts
+            with b.reserve(10):  # part of the burst: admitted past the budget
+                pass
+            await asyncio.sleep(0.15)  # the burst window is over, the queue never emptied
+            with pytest.raises(Overloaded), b.reserve(10):  # sustained load: by the rate
+                pass
 
     run(
         model,
@@ -426,6 +429,7 @@ def test_free_batches_stop_once_the_rate_is_measured_on_full_batches() -> None:
         admit_latency_s=0.05,
         admit_items=100,
         admit_free_batches=8,
+        admit_burst_window_s=0.1,
     )
 
 
