@@ -54,7 +54,7 @@ def batcher_config(settings: Settings) -> BatcherConfig:
         admit_latency_s=settings.slo_latency_ms / 1000 * settings.admission_slo_factor,
         admit_items=settings.slo_items,
         window_batches=settings.pack_window_batches,
-        admit_burst_window_s=settings.admission_burst_window_ms / 1000,
+        admit_burst_gap_s=settings.admission_burst_gap_ms / 1000,
     )
 
 

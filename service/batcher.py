@@ -52,12 +52,12 @@ class BatcherConfig:
     max_wait_ms: float = 2.0
     max_queue_pairs: int = 4096
     # Burst allowance: pairs up to this many full batches are admitted whatever the rate
-    # says, while the rate has not been measured on large batches yet, and for requests
-    # arriving within admit_burst_window_s of the first one that found the queue empty (a
-    # burst from idle, e.g. a page's fan-out). Sustained overload never finds the queue
-    # empty for long, so it is judged by the rate.
+    # says, while the rate has not been measured on large batches yet, and for a burst from
+    # idle: requests that follow one that found the queue empty, each within admit_burst_gap_s
+    # of the one before (a page's fan-out arrives at once). Steady overload arrives spread
+    # out, so a chain of close arrivals from idle is rare there and it is judged by the rate.
     admit_free_batches: int = 4
-    admit_burst_window_s: float = 0.5
+    admit_burst_gap_s: float = 0.005
     # Latency-aware admission (0 = off): a request of n pairs is refused (429) when the
     # admitted pairs plus its own, at the measured throughput, plus the measured
     # per-request overhead, would take longer than admit_latency_s * max(1, n /
@@ -139,7 +139,8 @@ class MicroBatcher:
         self._avg_span_s = 0.0
         self._overhead_s = 0.0
         self._rate_from_large = False
-        self._burst_started_at = -math.inf
+        self._burst_open = False
+        self._last_arrival_at = -math.inf
         self._last_batch_end = 0.0
         self._backlogged = False  # work was queued when the last batch ended
 
@@ -206,8 +207,12 @@ class MicroBatcher:
                 f"queue full ({self._reserved_pairs} of {capacity} pairs in flight); retry later",
                 retry_after_s=self._retry_after_s(),
             )
+        now = time.monotonic()
         if self._reserved_pairs == 0:
-            self._burst_started_at = time.monotonic()
+            self._burst_open = True
+        elif now - self._last_arrival_at > self.config.admit_burst_gap_s:
+            self._burst_open = False
+        self._last_arrival_at = now
         if not self._within_latency(n_pairs):
             raise Overloaded(
                 f"overloaded: {self._reserved_pairs} pairs ahead would take "
@@ -243,8 +248,9 @@ class MicroBatcher:
         # understates a burst packed into full batches; after, only a burst from idle gets
         # it, so sustained overload cannot keep that many batches queued past the budget.
         free_pairs = cfg.admit_free_batches * cfg.max_batch_size
-        in_burst = time.monotonic() - self._burst_started_at <= cfg.admit_burst_window_s
-        if (in_burst or not self._rate_from_large) and self._reserved_pairs + n_pairs <= free_pairs:
+        if (self._burst_open or not self._rate_from_large) and (
+            self._reserved_pairs + n_pairs <= free_pairs
+        ):
             return True
         budget_s = cfg.admit_latency_s * max(1.0, n_pairs / cfg.admit_items)
         wait_s = (self._reserved_pairs + n_pairs) / self._pairs_per_s

@@ -415,10 +415,10 @@ def test_burst_allowance_only_for_a_burst_from_idle() -> None:
         budget_pairs = 0.05 * b.pairs_per_s
         assert 20 < budget_pairs < 60
         with b.reserve(int(budget_pairs) - 5):  # finds the queue empty: a burst starts
-            with b.reserve(10):  # part of the burst: admitted past the budget
+            with b.reserve(10):  # right behind it: part of the burst, admitted past the budget
                 pass
-            await asyncio.sleep(0.15)  # the burst window is over, the queue never emptied
-            with pytest.raises(Overloaded), b.reserve(10):  # sustained load: by the rate
+            await asyncio.sleep(0.15)  # a gap longer than the burst's: the burst is over
+            with pytest.raises(Overloaded), b.reserve(10):  # spread-out load: by the rate
                 pass
 
     run(
@@ -429,7 +429,7 @@ def test_burst_allowance_only_for_a_burst_from_idle() -> None:
         admit_latency_s=0.05,
         admit_items=100,
         admit_free_batches=8,
-        admit_burst_window_s=0.1,
+        admit_burst_gap_s=0.1,
     )
 
 
