@@ -171,17 +171,21 @@ def students_dir(config: TrainConfig) -> Path:
     return config.path("runs_dir") / "students"
 
 
-def teacher_labeled_augmentation(config: TrainConfig, dataset: Dataset, size: int) -> pd.DataFrame:
-    """The first ``size`` teacher-labeled pairs of the augmentation set, in set order."""
-    augmentation = load_augmentation(config, dataset)
-    path = augmentation_labels_path(config, dataset)
-    labels = read_labels(path)
-    merged = augmentation.merge(
+def labeled_augmentation(config: TrainConfig, dataset: Dataset) -> pd.DataFrame:
+    """The augmentation pairs that carry a cached teacher label, in set order."""
+    labels = read_labels(augmentation_labels_path(config, dataset))
+    return load_augmentation(config, dataset).merge(
         labels.loc[:, ["query_key", "product_id", "teacher_score"]],
         on=["query_key", "product_id"],
         how="inner",
     )
+
+
+def teacher_labeled_augmentation(config: TrainConfig, dataset: Dataset, size: int) -> pd.DataFrame:
+    """The first ``size`` teacher-labeled pairs of the augmentation set, in set order."""
+    merged = labeled_augmentation(config, dataset)
     if len(merged) < size:
+        path = augmentation_labels_path(config, dataset)
         raise PipelineError(
             f"{path} holds {len(merged)} labels of the augmentation set, {size} are needed; "
             f"run `python -m training label --limit {size}` first"
@@ -784,16 +788,6 @@ def stage_all(config: TrainConfig, force: bool = False, command: str | None = No
     return stage_export(config, force=force)
 
 
-def cached_augmentation_size(config: TrainConfig, dataset: Dataset) -> int:
-    """How many pairs of the augmentation set already carry a cached teacher label."""
-    path = augmentation_labels_path(config, dataset)
-    if not path.is_file():
-        return 0
-    labels = read_labels(path).loc[:, ["query_key", "product_id"]]
-    augmentation = load_augmentation(config, dataset).loc[:, ["query_key", "product_id"]]
-    return len(augmentation.merge(labels, on=["query_key", "product_id"], how="inner"))
-
-
 def rebuild_default(config: TrainConfig) -> Path:
     """Rebuild the default package from what is on disk, never running the teacher.
 
@@ -804,9 +798,11 @@ def rebuild_default(config: TrainConfig) -> Path:
     dataset = load_dataset(config)
     sizes = [0]
     try:
-        cached = cached_augmentation_size(config, dataset)
-    except PipelineError:
-        cached = 0
+        labels = augmentation_labels_path(config, dataset)
+    except PipelineError:  # no teacher package: no teacher id to find labels under
+        labels = None
+    # Without labels, building the augmentation set (BM25 over the catalogue) buys nothing.
+    cached = len(labeled_augmentation(config, dataset)) if labels and labels.is_file() else 0
     if cached:
         sizes.append(cached)
     logger.info(

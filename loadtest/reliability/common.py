@@ -184,26 +184,21 @@ def machine() -> dict[str, Any]:
 
 
 def git_commit() -> str:
+    """The short commit of the checkout, flagged when tracked files have local changes."""
     import subprocess
 
+    def git(*args: str) -> str:
+        done = subprocess.run(
+            ["git", *args], cwd=REPO_ROOT, capture_output=True, text=True, timeout=10
+        )
+        return done.stdout.strip()
+
     try:
-        out = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
-            cwd=REPO_ROOT,
-            capture_output=True,
-            text=True,
-            timeout=10,
-        )
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
-            cwd=REPO_ROOT,
-            capture_output=True,
-            text=True,
-            timeout=10,
-        )
+        commit = git("rev-parse", "--short", "HEAD")
+        dirty = git("status", "--porcelain", "--untracked-files=no")
     except (OSError, subprocess.SubprocessError):
         return "unknown"
-    return out.stdout.strip() + (" (with local changes)" if dirty.stdout.strip() else "")
+    return commit + (" (with local changes)" if dirty else "")
 
 
 def fmt_ms(value: float | None) -> str:

@@ -262,6 +262,7 @@ def _refuses(case: str, model_dir: Path, culprit: str, log_dir: Path) -> dict[st
     text = log.read_text(errors="replace")
     errors = [m.group(1) for m in re.finditer(r"ERROR service[\w.]*: (.*)", text)]
     error = errors[0] if errors else "(no error line)"
+    traceback_printed = "Traceback" in text
     # The message names the package twice (where it looked, what failed): keep the second.
     error = error.split(": ", 1)[-1].replace(str(model_dir.parent) + "/", "")
     return {
@@ -270,11 +271,8 @@ def _refuses(case: str, model_dir: Path, culprit: str, log_dir: Path) -> dict[st
         "seconds": seconds,
         "answered": answered,
         "error": error,
-        "traceback": "Traceback" in text,
-        "held": proc.returncode == 3
-        and not answered
-        and culprit in error
-        and "Traceback" not in text,
+        "traceback": traceback_printed,
+        "held": proc.returncode == 3 and not (answered or traceback_printed) and culprit in error,
     }
 
 

@@ -369,6 +369,21 @@ def test_metrics_record_batches() -> None:
     assert registry.get_sample_value("relevance_inflight_pairs") == 0
 
 
+# Admission tests: batches of 8 pairs, a budget of 50 ms per 100 items.
+ADMISSION: dict[str, Any] = {
+    "max_batch_size": 8,
+    "max_wait_ms": 1,
+    "admit_latency_s": 0.05,
+    "admit_items": 100,
+}
+
+
+async def time_full_batches(b: MicroBatcher) -> None:
+    """Run three full batches, so the rate is measured on large batches."""
+    for i in range(3):
+        await submit(b, [make_pair(6, seed=10 * i + j) for j in range(8)])
+
+
 def test_admission_by_latency_refuses_what_would_miss_the_budget() -> None:
     # 10 ms per batch of up to 8 pairs: 800 pairs/s once measured on full batches.
     model = FakeModel(delay_s=0.01)
@@ -384,8 +399,7 @@ def test_admission_by_latency_refuses_what_would_miss_the_budget() -> None:
             assert "overloaded" in excinfo.value.message
             assert b.saturated()  # even one pair would wait past the budget
         # Full batches replace the seed with the measured rate.
-        for i in range(3):
-            await submit(b, [make_pair(6, seed=10 * i + j) for j in range(8)])
+        await time_full_batches(b)
         assert 300 < b.pairs_per_s < 800 * 1.2
         with b.reserve(8), b.reserve(8):  # 16 pairs at ~600 pairs/s: well within 50 ms
             assert not b.saturated()
@@ -393,10 +407,7 @@ def test_admission_by_latency_refuses_what_would_miss_the_budget() -> None:
     run(
         model,
         body,
-        max_batch_size=8,
-        max_wait_ms=1,
-        admit_latency_s=0.05,
-        admit_items=100,
+        **ADMISSION,
         admit_free_batches=0,
     )
 
@@ -410,8 +421,7 @@ def test_burst_allowance_only_for_a_burst_from_idle() -> None:
         b.seed_rate(10.0)  # a pessimistic warm-up figure: only the free batches admit
         with b.reserve(30), b.reserve(30):
             pass
-        for i in range(3):
-            await submit(b, [make_pair(6, seed=10 * i + j) for j in range(8)])
+        await time_full_batches(b)
         budget_pairs = 0.05 * b.pairs_per_s
         assert 20 < budget_pairs < 60
         with b.reserve(int(budget_pairs) - 5):  # finds the queue empty: a burst starts
@@ -424,10 +434,7 @@ def test_burst_allowance_only_for_a_burst_from_idle() -> None:
     run(
         model,
         body,
-        max_batch_size=8,
-        max_wait_ms=1,
-        admit_latency_s=0.05,
-        admit_items=100,
+        **ADMISSION,
         admit_free_batches=8,
         admit_burst_gap_s=0.1,
     )
@@ -448,9 +455,6 @@ def test_admission_always_takes_a_few_full_batches_of_pairs() -> None:
     run(
         model,
         body,
-        max_batch_size=8,
-        max_wait_ms=1,
-        admit_latency_s=0.05,
-        admit_items=100,
+        **ADMISSION,
         admit_free_batches=2,
     )
