@@ -1,6 +1,6 @@
 """Command line: ``python -m training STAGE [--config FILE] [options]``.
 
-Stages: ``teacher``, ``label``, ``distill``, ``evaluate``, ``export``, ``all`` and
+Stages: ``teacher``, ``label``, ``distill``, ``committee``, ``evaluate``, ``export``, ``all`` and
 ``ensure-default`` (what ``make serve`` runs: nothing when the default package verifies).
 Each stage skips work whose output is current; ``--force`` redoes it.
 
@@ -9,6 +9,7 @@ Examples::
     python -m training distill --size 0                  # human labels only
     python -m training label --limit 26564               # teacher labels, resumable
     python -m training distill --size 26564              # + 26,564 teacher-labeled pairs
+    python -m training committee --set committee.members=human-only,distill-n26564
     python -m training evaluate                          # docs/evaluation.md + plot
     python -m training all --set student.epochs=0.5      # any config value, dotted
 """
@@ -28,6 +29,7 @@ from training.pipeline import (
     ensure_default,
     reproduce_command,
     stage_all,
+    stage_committee,
     stage_distill,
     stage_evaluate,
     stage_export,
@@ -35,7 +37,16 @@ from training.pipeline import (
     stage_teacher,
 )
 
-STAGES = ("teacher", "label", "distill", "evaluate", "export", "all", "ensure-default")
+STAGES = (
+    "teacher",
+    "label",
+    "distill",
+    "committee",
+    "evaluate",
+    "export",
+    "all",
+    "ensure-default",
+)
 
 
 def _parse_set(items: list[str]) -> dict[str, Any]:
@@ -113,6 +124,8 @@ def main(argv: list[str] | None = None) -> int:
             stage_label(config, limit=args.limit, max_seconds=args.max_seconds)
         elif args.stage == "distill":
             stage_distill(config, sizes=args.size, force=args.force)
+        elif args.stage == "committee":
+            stage_committee(config, force=args.force)
         elif args.stage == "evaluate":
             stage_evaluate(config, teacher_labels=args.teacher_labels, command=command)
         elif args.stage == "export":

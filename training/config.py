@@ -128,6 +128,25 @@ class CurveConfig(_Section):
         return tuple(sorted(values))
 
 
+class CommitteeConfig(_Section):
+    """Second-round distillation: first-round students, averaged, label more augmentation."""
+
+    # Student runs under runs/students/ whose mean score is the committee's label
+    # (empty: no committee stage).
+    members: tuple[str, ...] = ()
+    # The first this many pairs of the augmentation set get committee labels.
+    augment_pairs: int = Field(24000, gt=0)
+    batch_size: int = Field(64, gt=0)
+
+    @field_validator("members", mode="before")
+    @classmethod
+    def _comma_separated(cls, value: Any) -> Any:
+        # `--set committee.members=human-only,distill-n5888` arrives as one string.
+        if isinstance(value, str):
+            return tuple(v.strip() for v in value.split(",") if v.strip())
+        return value
+
+
 class EvaluateConfig(_Section):
     """Held-out evaluation and the report."""
 
@@ -167,6 +186,7 @@ class TrainConfig(_Section):
     student: StudentConfig = StudentConfig()
     loss: LossConfig = LossConfig()
     curve: CurveConfig = CurveConfig()
+    committee: CommitteeConfig = CommitteeConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
     export: ExportConfig = ExportConfig()
 

@@ -370,6 +370,7 @@ class SystemResult:
     slices: dict[str, dict[str, float]]
     latency_ms_per_pair: float | None = None
     augment_pairs: int | None = None
+    labels_from: str | None = None  # teacher | committee | None (human labels only)
     validation_pairwise_accuracy: float | None = None
     notes: str = ""
 
@@ -378,6 +379,7 @@ class SystemResult:
             "name": self.name,
             "kind": self.kind,
             "augment_pairs": self.augment_pairs,
+            "labels_from": self.labels_from,
             "metrics": self.metrics,
             "slices": self.slices,
             "latency_ms_per_pair": self.latency_ms_per_pair,
@@ -511,7 +513,11 @@ def findings(results: dict[str, Any]) -> list[str]:
     best = max(distilled, key=lambda s: s["validation_pairwise_accuracy"] or -1.0)
     acc = {s["name"]: s["metrics"]["pairwise_accuracy"] for s in systems}
     b = acc[best["name"]]
-    out = [f"Distilled student chosen on validation: {best['name']} (pairwise accuracy {b:.4f})."]
+    source = "a committee of students" if best.get("labels_from") == "committee" else "the teacher"
+    out = [
+        f"Distilled student chosen on validation: {best['name']} (augmentation labeled by "
+        f"{source}; pairwise accuracy {b:.4f})."
+    ]
     if human:
         h = acc[human[0]["name"]]
         verdict = "beats" if b > h else "does not beat"
@@ -553,20 +559,28 @@ def plot_curve(results: dict[str, Any], path: Path) -> Path:
     import matplotlib.pyplot as plt
     from matplotlib.ticker import FuncFormatter
 
-    def students(systems: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        chosen = [s for s in systems if s["kind"] == "student"]
+    def students(systems: list[dict[str, Any]], committee: bool) -> list[dict[str, Any]]:
+        # The curve is the LLM teacher's (human-only is its size 0); committee students
+        # learned from other labels, so they are points of their own.
+        chosen = [
+            s
+            for s in systems
+            if s["kind"] == "student" and (s.get("labels_from") == "committee") == committee
+        ]
         return sorted(chosen, key=lambda s: s["augment_pairs"] or 0)
 
     def line(ax: Any, systems: list[dict[str, Any]], label: str, style: str) -> None:
-        rows = students(systems)
-        if rows:
-            ax.plot(
-                [s["augment_pairs"] or 0 for s in rows],
-                [s["metrics"]["pairwise_accuracy"] for s in rows],
-                style,
-                marker="o",
-                label=label,
-            )
+        for committee in (False, True):
+            rows = students(systems, committee)
+            if rows:
+                ax.plot(
+                    [s["augment_pairs"] or 0 for s in rows],
+                    [s["metrics"]["pairwise_accuracy"] for s in rows],
+                    style if not committee else "",
+                    marker="o" if not committee else "*",
+                    markersize=6 if not committee else 12,
+                    label=label if not committee else f"{label}, committee labels",
+                )
 
     subset = results.get("teacher_subset")
     split = results["split"]
@@ -591,7 +605,7 @@ def plot_curve(results: dict[str, Any], path: Path) -> Path:
             label=f"BM25, all {split} queries",
         )
     ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x:,.0f}"))
-    ax.set_xlabel("teacher-labeled augmentation pairs (0 = human labels only)")
+    ax.set_xlabel("labeled augmentation pairs (0 = human labels only)")
     ax.set_ylabel("pairwise accuracy")
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right", fontsize=8)

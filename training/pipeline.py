@@ -11,6 +11,9 @@ the same inputs (a fingerprint of the config sections and data it depends on):
   ``labels/<teacher_id>/...csv`` (resumes where it stopped).
 - ``distill``: one student per augmentation size (0 = human labels only) under
   ``runs/students/<name>/``.
+- ``committee``: optional second round: the averaged scores of chosen first-round
+  students label a larger augmentation set (``labels/committee-<id>/...csv``) and a fresh
+  student ``committee-n<N>`` is distilled from them.
 - ``evaluate``: the comparison table, slices and curve in ``docs/evaluation.md``.
 - ``export``: the chosen student as the default ONNX model package.
 """
@@ -381,6 +384,84 @@ def stage_distill(
     return out_dirs
 
 
+def committee_run_name(augment_pairs: int) -> str:
+    return f"committee-n{augment_pairs}"
+
+
+def stage_committee(config: TrainConfig, force: bool = False) -> Path:
+    """Label the first ``committee.augment_pairs`` augmentation pairs with the committee's
+    mean score (cached) and distill a student from human labels plus those labels."""
+    import torch
+
+    from training.committee import (
+        committee_id,
+        committee_scores,
+        read_committee_labels,
+        write_committee_labels,
+    )
+
+    settings = config.committee
+    if not settings.members:
+        raise PipelineError(
+            "committee.members is empty: name the student runs that form the committee, "
+            "e.g. --set committee.members=human-only,distill-n5888"
+        )
+    dataset = load_dataset(config)
+    member_dirs = [students_dir(config) / name for name in settings.members]
+    for run_dir in member_dirs:
+        if read_run(run_dir) is None:
+            raise PipelineError(
+                f"committee member {run_dir} is not a finished student run; "
+                "run `python -m training distill` first"
+            )
+    cid = committee_id(member_dirs)
+    version = augment_data_version(config, dataset)
+    path = config.path("labels_dir") / cid / f"{version}-n{settings.augment_pairs}.csv"
+    pairs = load_augmentation(config, dataset).head(settings.augment_pairs)
+    labels = None if force else read_committee_labels(path)
+    if labels is None:
+        torch.set_num_threads(config.student.threads)
+        logger.info("committee %s labels %d pairs -> %s", cid, len(pairs), path)
+        labels = committee_scores(
+            member_dirs, pairs, config.student.max_length, settings.batch_size
+        )
+        write_committee_labels(labels, path)
+    labeled = pairs.merge(
+        labels.loc[:, ["query_key", "product_id", "teacher_score"]],
+        on=["query_key", "product_id"],
+        how="inner",
+    )
+    name = committee_run_name(len(labeled))
+    out_dir = students_dir(config) / name
+    fingerprint = config.fingerprint(
+        "split",
+        "student",
+        "loss",
+        extra={"data": dataset.sha256, "committee": cid, "augment": version, "n": len(labeled)},
+    )
+    previous = read_run(out_dir)
+    if previous and previous.get("fingerprint") == fingerprint and not force:
+        logger.info("student %s is up to date; skipping", out_dir)
+        return out_dir
+    record = {
+        "name": name,
+        "fingerprint": fingerprint,
+        "augment_pairs": len(labeled),
+        "labels_from": "committee",
+        "teacher_id": cid,
+        "committee": list(settings.members),
+        "committee_labels": f"{cid}/{path.name}",
+        "augment_version": version,
+        "augment_sources": labeled["source"].value_counts().to_dict(),
+        "data": dataset.describe(config),
+        "config": config.to_dict(),
+    }
+    frame = training_frame(dataset.splits["train"], labeled)
+    train_student(frame, dataset.splits["validation"], config.student, config.loss, out_dir, record)
+    config.save(out_dir / CONFIG_FILE_NAME)
+    return out_dir
+
+
 # --------------------------------------------------------------------------- evaluate
 
 
@@ -406,6 +487,8 @@ class _Scored:
     calibrated: bool
     latency_ms_per_pair: float | None = None
     augment_pairs: int | None = None
+    # Who labeled the augmentation pairs: "teacher" (the LLM), "committee" or None.
+    labels_from: str | None = None
     validation_pairwise_accuracy: float | None = None
     notes: str = ""
 
@@ -450,26 +533,25 @@ def _score_systems(
             notes="mean-pooled, normalised embeddings of query and title (no training)",
         )
     )
-    # The curve's sizes, plus any other size trained with `distill --size N`.
-    trained = {
-        int(record["augment_pairs"])
-        for record in (read_run(d) for d in sorted(students_dir(config).glob("*")))
-        if record
-    }
-    for size in sorted({0, *curve_sizes(config, dataset), *trained}):
-        run_dir = students_dir(config) / run_name(size)
-        record = read_run(run_dir)
-        if record is None:
-            logger.warning("student %s not trained yet; left out of the evaluation", run_dir)
-            continue
-        model, tokenizer = load_student(run_dir, config.student.max_length)
+    # Every finished run under runs/students/: the curve's sizes, any other size trained
+    # with `distill --size N`, and committee students.
+    records = [r for r in (read_run(d) for d in sorted(students_dir(config).glob("*"))) if r]
+    for size in sorted({0, *curve_sizes(config, dataset)} - {r["augment_pairs"] for r in records}):
+        logger.warning("student %s not trained yet; left out of the evaluation", run_name(size))
+    records.sort(key=lambda r: (r.get("labels_from") == "committee", r["augment_pairs"]))
+    for record in records:
+        model, tokenizer = load_student(
+            students_dir(config) / record["name"], config.student.max_length
+        )
+        labels_from = record.get("labels_from", "teacher") if record["augment_pairs"] else None
         scored.append(
             _Scored(
-                f"student: {run_name(size)}",
+                f"student: {record['name']}",
                 "student",
                 predict_scores(model, tokenizer, queries, titles, batch),
                 calibrated=True,
-                augment_pairs=size,
+                augment_pairs=record["augment_pairs"],
+                labels_from=labels_from,
                 validation_pairwise_accuracy=record["validation_pairwise_accuracy"],
                 latency_ms_per_pair=latency_ms_per_pair(
                     lambda rows, m=model, tok=tokenizer: predict_scores(
@@ -477,6 +559,12 @@ def _score_systems(
                     ),
                     lat_n,
                     batch,
+                ),
+                notes=(
+                    "labels of the augmentation pairs: mean score of the committee "
+                    + ", ".join(record["committee"])
+                    if labels_from == "committee"
+                    else ""
                 ),
             )
         )
@@ -592,6 +680,7 @@ def stage_evaluate(
             slices=slice_metrics(part, s.scores[rows], slices) if with_slices else {},
             latency_ms_per_pair=s.latency_ms_per_pair,
             augment_pairs=s.augment_pairs,
+            labels_from=s.labels_from,
             validation_pairwise_accuracy=s.validation_pairwise_accuracy,
             notes=s.notes,
         )
@@ -792,7 +881,8 @@ def rebuild_default(config: TrainConfig) -> Path:
     """Rebuild the default package from what is on disk, never running the teacher.
 
     Trains the human-only student and, when teacher labels of the augmentation set are
-    cached, a student distilled on all of them; exports the better one on validation.
+    cached, a student distilled on all of them, then the committee student when the
+    config names a committee of those runs; exports the best one on validation.
     Bounded by student training time (no labeling, which takes hours on a CPU).
     """
     dataset = load_dataset(config)
@@ -810,6 +900,10 @@ def rebuild_default(config: TrainConfig) -> Path:
         [run_name(size) for size in sizes],
     )
     runs = stage_distill(config, sizes=sizes)
+    members = config.committee.members
+    if members and all(read_run(students_dir(config) / name) for name in members):
+        # Committee labels are cached too (and cheap to redo): the second round rebuilds.
+        runs.append(stage_committee(config))
     records = [r for r in (read_run(d) for d in runs) if r]
     best = max(records, key=lambda r: r["validation_pairwise_accuracy"] or -1.0)
     return stage_export(config, student=best["name"])

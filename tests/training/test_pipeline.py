@@ -13,7 +13,7 @@ import pytest
 from service.model_package import load_package
 from training import pipeline
 from training.__main__ import main
-from training.config import TrainConfig, load_config
+from training.config import CommitteeConfig, TrainConfig, load_config
 from training.distill import read_run
 from training.label import read_labels
 from training.pipeline import (
@@ -24,6 +24,7 @@ from training.pipeline import (
     load_augmentation,
     load_dataset,
     split_labels_path,
+    stage_committee,
     stage_distill,
     stage_evaluate,
     stage_export,
@@ -32,6 +33,7 @@ from training.pipeline import (
     students_dir,
     teacher_labeled_augmentation,
 )
+from training.student import load_student, predict_scores
 
 
 def tiny_config(root: Path, data: Path, teacher_base: Path, student_dir: Path) -> TrainConfig:
@@ -152,11 +154,45 @@ def test_tiny_end_to_end(
     with pytest.raises(PipelineError, match="label --limit"):
         stage_distill(config, sizes=[size + 1])
 
+    # committee: the two first-round students label a larger augmentation prefix with
+    # their mean score (cached), and a fresh student is distilled from it.
+    with pytest.raises(PipelineError, match=r"committee\.members is empty"):
+        stage_committee(config)
+    wanted = min(2 * size, len(augmentation))
+    committee = CommitteeConfig(members=("human-only", f"distill-n{size}"), augment_pairs=wanted)
+    config = config.model_copy(update={"committee": committee})
+    committee_dir = stage_committee(config)
+    assert committee_dir.name == f"committee-n{wanted}"
+    committee_record = read_run(committee_dir)
+    assert committee_record["labels_from"] == "committee"
+    assert committee_record["train_pairs_by_source"]["teacher"] == wanted
+    labels_file = tmp_path / "labels" / committee_record["committee_labels"]
+    committee_labels = pd.read_csv(labels_file, dtype={"query_key": str, "product_id": str})
+    assert list(committee_labels["product_id"]) == list(augmentation["product_id"][:wanted])
+    member_columns = ["member:human-only", f"member:distill-n{size}"]
+    assert committee_labels["teacher_score"].to_numpy() == pytest.approx(
+        committee_labels[member_columns].mean(axis=1).to_numpy(), abs=1e-5
+    )
+    model, tokenizer = load_student(out_dirs[0], config.student.max_length)
+    first = augmentation.head(3)
+    assert committee_labels["member:human-only"][:3].to_numpy() == pytest.approx(
+        predict_scores(model, tokenizer, first["query"].tolist(), first["title"].tolist()),
+        abs=1e-5,
+    )
+    stamp = (committee_dir / "run.json").stat().st_mtime_ns
+    assert stage_committee(config) == committee_dir  # labels cached, student current
+    assert (committee_dir / "run.json").stat().st_mtime_ns == stamp
+    records.append(committee_record)
+
     # evaluate: every system, a teacher-sample table, slices, plot and report
     results = stage_evaluate(config, command="python -m training evaluate --config tiny.json")
     names = [s["name"] for s in results["systems"]]
     assert names[:3] == ["BM25", "MiniLM embedding cosine (zero-shot)", "student: human-only"]
-    assert f"student: distill-n{size}" in names
+    assert names[3:5] == [f"student: distill-n{size}", f"student: committee-n{wanted}"]
+    by_name = {s["name"]: s for s in results["systems"]}
+    assert by_name[f"student: committee-n{wanted}"]["labels_from"] == "committee"
+    assert by_name[f"student: distill-n{size}"]["labels_from"] == "teacher"
+    assert by_name["student: human-only"]["labels_from"] is None
     subset = results["teacher_subset"]
     assert subset is not None and subset["queries"] == 3
     teacher = [s for s in subset["systems"] if s["kind"] == "teacher"]
