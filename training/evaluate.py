@@ -365,7 +365,7 @@ class SystemResult:
     """One row of the evaluation table."""
 
     name: str
-    kind: str  # baseline | student | teacher
+    kind: str  # baseline | student | teacher | committee | package
     metrics: dict[str, float]
     slices: dict[str, dict[str, float]]
     latency_ms_per_pair: float | None = None
@@ -526,6 +526,11 @@ def findings(results: dict[str, Any]) -> list[str]:
         m = acc["BM25"]
         verdict = "meets" if b - m >= 0.05 else "misses"
         out.append(f"vs BM25 ({m:.4f}): {b - m:+.4f}, {verdict} the +0.05 target.")
+    if best.get("labels_from") == "committee":
+        committee = next((s for s in systems if s["name"].endswith(f"of {best['name']}")), None)
+        if committee:
+            c = acc[committee["name"]]
+            out.append(f"vs its committee teacher ({c:.4f}): {b - c:+.4f}.")
     pool = subset["systems"] if subset else systems
     teacher = [s for s in pool if s["kind"] == "teacher"]
     if teacher:
@@ -595,6 +600,13 @@ def plot_curve(results: dict[str, Any], path: Path) -> Path:
             teacher[0]["metrics"]["pairwise_accuracy"],
             color="tab:red",
             label=f"teacher, {where}",
+        )
+    for committee in (s for s in results["systems"] if s["kind"] == "committee"):
+        ax.axhline(
+            committee["metrics"]["pairwise_accuracy"],
+            color="tab:green",
+            linestyle="--",
+            label=f"{committee['name']}, all {split} queries",
         )
     bm25 = [s for s in results["systems"] if s["name"] == "BM25"]
     if bm25:

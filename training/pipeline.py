@@ -569,6 +569,25 @@ def _score_systems(
             )
         )
         logger.info("scored %s", scored[-1].name)
+    by_name = {s.name: s for s in scored}
+    for record in records:
+        if record.get("labels_from") != "committee":
+            continue
+        members = [by_name.get(f"student: {name}") for name in record["committee"]]
+        if any(m is None for m in members):
+            logger.warning("a member of %s's committee is missing; no teacher row", record["name"])
+            continue
+        scored.append(
+            _Scored(
+                f"committee teacher of {record['name']}",
+                "committee",
+                np.mean([m.scores for m in members], axis=0),
+                calibrated=True,
+                latency_ms_per_pair=sum(m.latency_ms_per_pair or 0.0 for m in members),
+                notes=f"mean score of {', '.join(record['committee'])}: the labels "
+                f"{record['name']} learned from",
+            )
+        )
     scored.extend(_score_package(config, frame, sample))
     return scored
 

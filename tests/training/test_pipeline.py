@@ -193,6 +193,8 @@ def test_tiny_end_to_end(
     assert by_name[f"student: committee-n{wanted}"]["labels_from"] == "committee"
     assert by_name[f"student: distill-n{size}"]["labels_from"] == "teacher"
     assert by_name["student: human-only"]["labels_from"] is None
+    committee_row = by_name[f"committee teacher of committee-n{wanted}"]
+    assert committee_row["kind"] == "committee"
     subset = results["teacher_subset"]
     assert subset is not None and subset["queries"] == 3
     teacher = [s for s in subset["systems"] if s["kind"] == "teacher"]
