@@ -527,7 +527,11 @@ def findings(results: dict[str, Any]) -> list[str]:
         verdict = "meets" if b - m >= 0.05 else "misses"
         out.append(f"vs BM25 ({m:.4f}): {b - m:+.4f}, {verdict} the +0.05 target.")
     if best.get("labels_from") == "committee":
-        committee = next((s for s in systems if s["name"].endswith(f"of {best['name']}")), None)
+        run = best["name"].removeprefix("student: ")
+        committee = next(
+            (s for s in systems if s["kind"] == "committee" and s["name"].endswith(f"of {run}")),
+            None,
+        )
         if committee:
             c = acc[committee["name"]]
             out.append(f"vs its committee teacher ({c:.4f}): {b - c:+.4f}.")

@@ -605,7 +605,20 @@ def _score_package(config: TrainConfig, frame: pd.DataFrame, sample: pd.DataFram
         logger.info("no served package row: %s", exc)
         return []
     lat_queries, lat_titles = sample["query"].tolist(), sample["title"].tolist()
-    run = package.manifest.provenance.get("student", {}).get("run", "?")
+    source = package.manifest.provenance.get("student", {})
+    run = source.get("run", "?")
+    notes = (
+        f"exported from the student run {run} (fingerprint {source.get('fingerprint', '?')}); "
+        "its numbers are those of the package on disk when this report was made"
+    )
+    on_disk = read_run(students_dir(config) / run)
+    if on_disk and on_disk.get("fingerprint") != source.get("fingerprint"):
+        # A run retrained with other settings keeps its name: the student row above is
+        # then another training than the one this package came from.
+        notes += (
+            f"; the run {run} now on disk is another training (fingerprint "
+            f"{on_disk.get('fingerprint')}), so its row is not this package's FP32 source"
+        )
     return [
         _Scored(
             package.name,
@@ -617,8 +630,7 @@ def _score_package(config: TrainConfig, frame: pd.DataFrame, sample: pd.DataFram
                 len(sample),
                 config.evaluate.batch_size,
             ),
-            notes=f"exported from the student run {run}; its numbers are those of the package "
-            "on disk when this report was made",
+            notes=notes,
         )
     ]
 

@@ -232,6 +232,16 @@ def test_tiny_end_to_end(
     assert served[0]["metrics"]["pairwise_accuracy"] == pytest.approx(
         exported["metrics"]["pairwise_accuracy"], abs=0.02
     )
+    assert "another training" not in served[0]["notes"]
+    # The run retrained under other settings keeps its name: the report must say the
+    # package is not that run's export.
+    record_path = students_dir(config) / chosen / "run.json"
+    record = json.loads(record_path.read_text())
+    record_path.write_text(json.dumps({**record, "fingerprint": "retrained000"}))
+    frame = dataset.splits[config.evaluate.split]
+    (package_row,) = pipeline._score_package(config, frame, frame.head(8))
+    assert "another training (fingerprint retrained000)" in package_row.notes
+    record_path.write_text(json.dumps(record))
 
     # ensure-default with the package gone: rebuilt from the students and cached labels,
     # the teacher never runs.
