@@ -359,6 +359,18 @@ def latency_ms_per_pair(score_rows: Callable[[slice], Any], pairs: int, batch_si
 
 # --------------------------------------------------------------------------- report
 
+STUDENT_ROW_PREFIX = "student: "
+
+
+def student_row_name(run: str) -> str:
+    """The table row of the student run ``run``."""
+    return f"{STUDENT_ROW_PREFIX}{run}"
+
+
+def committee_row_name(run: str) -> str:
+    """The table row of the committee that labeled the augmentation of student run ``run``."""
+    return f"committee teacher of {run}"
+
 
 @dataclass
 class SystemResult:
@@ -527,13 +539,9 @@ def findings(results: dict[str, Any]) -> list[str]:
         verdict = "meets" if b - m >= 0.05 else "misses"
         out.append(f"vs BM25 ({m:.4f}): {b - m:+.4f}, {verdict} the +0.05 target.")
     if best.get("labels_from") == "committee":
-        run = best["name"].removeprefix("student: ")
-        committee = next(
-            (s for s in systems if s["kind"] == "committee" and s["name"].endswith(f"of {run}")),
-            None,
-        )
-        if committee:
-            c = acc[committee["name"]]
+        committee = committee_row_name(best["name"].removeprefix(STUDENT_ROW_PREFIX))
+        if committee in acc:
+            c = acc[committee]
             out.append(f"vs its committee teacher ({c:.4f}): {b - c:+.4f}.")
     pool = subset["systems"] if subset else systems
     teacher = [s for s in pool if s["kind"] == "teacher"]

@@ -497,7 +497,13 @@ def _score_systems(
     config: TrainConfig, dataset: Dataset, frame: pd.DataFrame, sample: pd.DataFrame
 ) -> list[_Scored]:
     """BM25, zero-shot embedding cosine and every trained student of the curve."""
-    from training.evaluate import BM25Scorer, EmbeddingCosineScorer, latency_ms_per_pair
+    from training.evaluate import (
+        BM25Scorer,
+        EmbeddingCosineScorer,
+        committee_row_name,
+        latency_ms_per_pair,
+        student_row_name,
+    )
     from training.student import load_student, predict_scores
 
     batch = config.evaluate.batch_size
@@ -546,7 +552,7 @@ def _score_systems(
         labels_from = record.get("labels_from", "teacher") if record["augment_pairs"] else None
         scored.append(
             _Scored(
-                f"student: {record['name']}",
+                student_row_name(record["name"]),
                 "student",
                 predict_scores(model, tokenizer, queries, titles, batch),
                 calibrated=True,
@@ -573,13 +579,13 @@ def _score_systems(
     for record in records:
         if record.get("labels_from") != "committee":
             continue
-        members = [by_name.get(f"student: {name}") for name in record["committee"]]
+        members = [by_name.get(student_row_name(name)) for name in record["committee"]]
         if any(m is None for m in members):
             logger.warning("a member of %s's committee is missing; no teacher row", record["name"])
             continue
         scored.append(
             _Scored(
-                f"committee teacher of {record['name']}",
+                committee_row_name(record["name"]),
                 "committee",
                 np.mean([m.scores for m in members], axis=0),
                 calibrated=True,
@@ -808,6 +814,7 @@ def _backbone_name(config: TrainConfig) -> str:
 def stage_export(config: TrainConfig, student: str | None = None, force: bool = False) -> Path:
     """Export the chosen student to the default model package, with provenance and evaluation."""
     from service.model_package import ModelPackageError, load_package
+    from training.evaluate import student_row_name
     from training.export import (
         calibration_pairs_from_frame,
         run_export,
@@ -839,15 +846,14 @@ def stage_export(config: TrainConfig, student: str | None = None, force: bool = 
     if evaluation_file.is_file():
         results = json.loads(evaluation_file.read_text())
         rows = {s["name"]: s for s in results["systems"]}
+        student_row = rows.get(student_row_name(name), {})
         evaluation = {
             "split": results["split"],
             "pairs": results["pairs"],
             "queries": results["queries"],
             "report": "docs/evaluation.md",
-            "student": rows.get(f"student: {name}", {}).get("metrics"),
-            "student_latency_ms_per_pair": rows.get(f"student: {name}", {}).get(
-                "latency_ms_per_pair"
-            ),
+            "student": student_row.get("metrics"),
+            "student_latency_ms_per_pair": student_row.get("latency_ms_per_pair"),
             "baselines": {
                 s["name"]: s["metrics"]
                 for s in results["systems"]
