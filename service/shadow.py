@@ -4,7 +4,7 @@ The teacher is slow (a few pairs per second on CPU) and optional. Nothing here m
 or break ``/score``:
 
 * the teacher loads in the background, and only when a teacher directory is configured;
-  ``training.teacher`` (torch) is imported only then;
+  ``relevance_core.teacher`` loads torch only then;
 * ``/shadow/score`` has its own concurrency limit: when every slot is taken it answers
   429 at once instead of queueing;
 * mirroring samples a fraction of ``/score`` requests into a bounded queue with a
@@ -43,12 +43,12 @@ class ShadowScorer(Protocol):
 
 
 def load_teacher_scorer(teacher_dir: Path, threads: int = 1) -> ShadowScorer:
-    """Load the real teacher (imports torch via ``training.teacher``, so only on demand)."""
+    """Load the real teacher (torch is imported here, so only on demand)."""
     # Fail before importing torch: that import alone takes seconds of CPU and the GIL from
     # the /score requests being served meanwhile.
     if not Path(teacher_dir).is_dir():
         raise FileNotFoundError(f"no teacher package at {teacher_dir}")
-    from training.teacher import load_teacher
+    from relevance_core.teacher import load_teacher
 
     return load_teacher(teacher_dir, threads=threads or None)
 

@@ -1,7 +1,7 @@
 """One training configuration for every stage, loadable from JSON or TOML and saved with artifacts.
 
 ``TrainConfig`` is the only place where the pipeline's knobs live: paths, the split,
-the teacher (:class:`training.teacher.TeacherConfig`), the augmentation set
+the teacher (:class:`relevance_core.teacher.TeacherConfig`), the augmentation set
 (:class:`training.augment.AugmentConfig`), the student, the loss weights, the
 augmentation sizes of the curve, evaluation and export. Each stage records a
 fingerprint of the sections it depends on next to its output, so a re-run with an
@@ -22,8 +22,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
+from relevance_core.teacher import TeacherConfig
 from training.augment import AugmentConfig
-from training.teacher import TeacherConfig
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DATA_ENV_VAR = "RELEVANCE_TRAIN_DATA"
@@ -44,6 +44,9 @@ class PathsConfig(_Section):
     docs_dir: str = "docs"
     # The de-quantized teacher base weights (a few GB): a cache, never committed.
     teacher_cache_dir: str = ".cache/teacher"
+    # The teacher's training checkpoint (adapter, optimizer, RNG, step): committed, so a
+    # fresh machine continues a run that takes several sessions.
+    teacher_checkpoints: str = "checkpoints/teacher"
     teacher_package: str = "teacher-qwen05b-lora"
     default_package: str = "minilm-homedepot"
 

@@ -15,7 +15,6 @@ import copy
 import json
 import logging
 import math
-import random
 import shutil
 import time
 from collections.abc import Iterator
@@ -31,6 +30,7 @@ from training.config import LossConfig, StudentConfig
 from training.data import grade_to_score
 from training.evaluate import pairwise_accuracy
 from training.losses import HybridDistillationLoss
+from training.seeding import seed_everything
 from training.student import (
     build_student,
     encode_batch,
@@ -76,12 +76,6 @@ def selection_subset(validation: pd.DataFrame, max_queries: int | None, seed: in
         keys = np.random.default_rng(seed).choice(keys, size=max_queries, replace=False)
         frame = frame[frame["query_key"].isin(set(keys))]
     return frame.reset_index(drop=True)
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
 
 
 def _lr_scale(step: int, warmup: int, total: int) -> float:

@@ -117,9 +117,9 @@ def label_stage(
 
     Both files resume from whatever is cached. Returns the label file of each part.
     """
+    from relevance_core.teacher import load_teacher, teacher_id
     from training.augment import build_augmentation
     from training.data import catalogue, file_sha256, load_labeled, query_subset, split_by_query
-    from training.teacher import load_teacher, teacher_id
 
     started = time.monotonic()
     data_sha = file_sha256(data_path)

@@ -92,7 +92,7 @@ def load_dataset(config: TrainConfig) -> Dataset:
 
 def teacher_label_id(config: TrainConfig) -> str:
     """Identity of the teacher package (what label files are keyed by)."""
-    from training.teacher import teacher_id
+    from relevance_core.teacher import teacher_id
 
     package = config.teacher_package_dir
     if not (package / "manifest.json").is_file():
@@ -201,7 +201,7 @@ def teacher_labeled_augmentation(config: TrainConfig, dataset: Dataset, size: in
 
 # Teacher settings that change how a run goes, not what it learns: a checkpoint or package
 # made with other values is still the same teacher.
-_TEACHER_RUNTIME_FIELDS = ("threads", "checkpoint_every")
+_TEACHER_RUNTIME_FIELDS = ("threads", "checkpoint_minutes")
 
 
 def _teacher_identity(config: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -229,7 +229,7 @@ def stage_teacher(
         ):
             logger.info("teacher package %s is up to date; skipping", package)
             return package
-    work_dir = config.path("runs_dir") / "teacher"
+    work_dir = config.path("teacher_checkpoints")
     state_file = work_dir / "checkpoint" / "state.json"
     if state_file.is_file():
         previous = _teacher_identity(json.loads(state_file.read_text()).get("config"))
@@ -247,8 +247,11 @@ def stage_teacher(
                 )
             shutil.rmtree(work_dir / "checkpoint")
     train = dataset.splits["train"]
-    sample = train.sample(
-        n=min(config.teacher.train_pairs, len(train)), random_state=config.teacher.seed
+    wanted_pairs = config.teacher.train_pairs
+    sample = (
+        train
+        if wanted_pairs is None or wanted_pairs >= len(train)
+        else train.sample(n=wanted_pairs, random_state=config.teacher.seed)
     )
     checkpoint = train_teacher(
         sample["query"].tolist(),
@@ -283,7 +286,7 @@ class LazyTeacher:
 
     def __call__(self, queries: list[str], titles: list[str]) -> np.ndarray:
         if self._teacher is None:
-            from training.teacher import load_teacher
+            from relevance_core.teacher import load_teacher
 
             self._teacher = load_teacher(
                 self.config.teacher_package_dir,
@@ -647,7 +650,7 @@ def _teacher_latency(config: TrainConfig, sample: pd.DataFrame) -> float | None:
     count = min(config.evaluate.teacher_latency_pairs, len(sample))
     if not count or not (config.teacher_package_dir / "manifest.json").is_file():
         return None
-    from training.teacher import load_teacher
+    from relevance_core.teacher import load_teacher
 
     teacher = load_teacher(
         config.teacher_package_dir, config.path("teacher_cache_dir"), config.evaluate.threads

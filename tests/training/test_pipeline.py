@@ -46,6 +46,7 @@ def tiny_config(root: Path, data: Path, teacher_base: Path, student_dir: Path) -
                 "models_dir": str(root / "models"),
                 "docs_dir": str(root / "docs"),
                 "teacher_cache_dir": str(root / "cache"),
+                "teacher_checkpoints": str(root / "checkpoints" / "teacher"),
             },
             "split": {"seed": 3, "train": 0.5, "validation": 0.25, "test": 0.25},
             "teacher": {
@@ -55,7 +56,6 @@ def tiny_config(root: Path, data: Path, teacher_base: Path, student_dir: Path) -
                 "batch_size": 8,
                 "train_pairs": 32,
                 "warmup_steps": 1,
-                "checkpoint_every": 100,
                 "threads": 1,
                 "max_length": 48,
             },
@@ -113,7 +113,7 @@ def test_tiny_end_to_end(
     assert stage_teacher(config) == package
     assert (package / "manifest.json").stat().st_mtime_ns == manifest_time
     # Thread count is not part of the teacher's identity; the LoRA rank is.
-    threads = replace(config.teacher, threads=2, checkpoint_every=7)
+    threads = replace(config.teacher, threads=2, checkpoint_minutes=7.0)
     assert stage_teacher(config.model_copy(update={"teacher": threads})) == package
     rank = replace(config.teacher, lora_r=8)
     with pytest.raises(PipelineError, match="lora_r: checkpoint 4, config 8"):
