@@ -71,6 +71,10 @@ class TeacherConfig:
     batch_size: int = 16
     # Training pairs (None: the whole training split).
     train_pairs: int | None = None
+    # Random negatives added to training, per distinct training query: the query with
+    # the title of another query's item, graded 1 (irrelevant). Human-judged pairs are
+    # all retrieved candidates, so without these the teacher never sees an unrelated item.
+    random_negatives: float = 0.5
     epochs: float = 1.0
     warmup_steps: int = 50
     # Batches are drawn in windows of this many batches, sorted by length inside a window

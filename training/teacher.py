@@ -114,6 +114,37 @@ def bucketed_batches(
     return batches[:wanted]
 
 
+def with_random_negatives(
+    queries: Sequence[str], titles: Sequence[str], grades: Sequence[float], rate: float, seed: int
+) -> tuple[list[str], list[str], np.ndarray]:
+    """The pairs plus ``rate`` random negatives per distinct query, graded 1 (irrelevant).
+
+    A negative pairs a query with the title of an item judged for another query: among
+    tens of thousands of products an unrelated one is all but always irrelevant.
+    """
+    queries, titles = list(queries), list(titles)
+    grades = np.asarray(grades, dtype=np.float64)
+    distinct = sorted({q.lower() for q in queries})
+    count = round(rate * len(distinct))
+    if count <= 0:
+        return queries, titles, grades
+    rng = np.random.default_rng(seed)
+    chosen = rng.choice(len(distinct), size=count, replace=count > len(distinct))
+    extra_queries, extra_titles = [], []
+    for q in (distinct[i] for i in chosen):
+        while True:  # resample the rare draw of one of the query's own items
+            j = int(rng.integers(len(titles)))
+            if queries[j].lower() != q:
+                break
+        extra_queries.append(q)
+        extra_titles.append(titles[j])
+    return (
+        queries + extra_queries,
+        titles + extra_titles,
+        np.concatenate([grades, np.ones(count)]),
+    )
+
+
 def prompt_lengths(tokenizer, prompts: Sequence[str]) -> np.ndarray:
     """Token count of each prompt."""
     return np.asarray([len(ids) for ids in tokenizer(list(prompts))["input_ids"]])
@@ -179,6 +210,9 @@ def train_teacher(
             {"params": head_params, "lr": config.head_learning_rate},
         ],
         weight_decay=0.0,
+    )
+    queries, titles, grades = with_random_negatives(
+        queries, titles, grades, config.random_negatives, config.seed
     )
     prompts_all = format_prompts(config.prompt_template, queries, titles)
     lengths = prompt_lengths(tokenizer, prompts_all)

@@ -13,7 +13,13 @@ import torch
 from safetensors.torch import load_file
 
 from relevance_core.teacher import TeacherConfig, load_base, teacher_id
-from training.teacher import bucketed_batches, soft_targets, train_teacher, write_teacher_package
+from training.teacher import (
+    bucketed_batches,
+    soft_targets,
+    train_teacher,
+    with_random_negatives,
+    write_teacher_package,
+)
 
 
 def test_soft_targets_spread_mean_grades_over_neighbouring_classes():
@@ -50,6 +56,21 @@ def test_bucketed_batches_fractional_and_multiple_epochs():
     assert (counts == 2).all()
 
 
+def test_random_negatives_pair_queries_with_other_queries_items_graded_irrelevant():
+    queries = ["drill", "drill", "hose", "hose", "bulb"]
+    titles = ["Drill A", "Drill B", "Hose A", "Hose B", "Bulb A"]
+    grades = [3.0, 2.0, 3.0, 2.33, 3.0]
+    q, t, g = with_random_negatives(queries, titles, grades, rate=2.0, seed=1)
+    assert q[:5] == queries and t[:5] == titles and list(g[:5]) == grades
+    assert len(q) == 5 + 6  # 2 per distinct query
+    owner = dict(zip(titles, queries, strict=True))
+    for query, title, grade in zip(q[5:], t[5:], g[5:], strict=True):
+        assert owner[title] != query and grade == 1.0
+    again = with_random_negatives(queries, titles, grades, rate=2.0, seed=1)
+    assert again[1] == t
+    assert with_random_negatives(queries, titles, grades, rate=0.0, seed=1)[0] == queries
+
+
 def test_truncated_teacher_keeps_only_lower_layers(tiny_teacher_base: Path, tmp_path: Path):
     config = TeacherConfig(base=str(tiny_teacher_base), keep_layers=1)
     model, _ = load_base(config, tmp_path)
@@ -80,6 +101,7 @@ def test_resumed_training_reproduces_the_uninterrupted_run(
         warmup_steps=2,
         bucket_window=2,
         threads=1,
+        random_negatives=0.0,
     )
     args = (frame["query"].tolist(), frame["title"].tolist(), frame["relevance"].to_numpy())
     whole = train_teacher(*args, config, tmp_path / "whole", tmp_path / "cache")
