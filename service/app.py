@@ -16,10 +16,12 @@ from typing import Any
 from fastapi import FastAPI
 from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector, ProcessCollector
 
+from service.admission import AdmissionConfig
 from service.api import admin, health, score
+from service.api.errors import install_error_handlers
 from service.batcher import BatcherConfig
 from service.engine import ScoringEngine
-from service.errors import install_error_handlers
+from service.features import TextLimits
 from service.metrics import Metrics
 from service.middleware import BodySizeLimit, LoadShedding, LoopLag, RequestMetrics
 from service.settings import Settings
@@ -45,17 +47,29 @@ def _version() -> str:
 
 
 def batcher_config(settings: Settings) -> BatcherConfig:
-    """The batcher's limits from the settings (admission latency from the SLO)."""
+    """The batcher's limits from the settings."""
     return BatcherConfig(
         max_batch_size=settings.max_batch_size,
         max_batch_tokens=settings.max_batch_tokens,
         max_wait_ms=settings.max_wait_ms,
-        max_queue_pairs=settings.max_queue_pairs,
-        admit_latency_s=settings.slo_latency_ms / 1000 * settings.admission_slo_factor,
-        admit_items=settings.slo_items,
         window_batches=settings.pack_window_batches,
-        admit_burst_gap_s=settings.admission_burst_gap_ms / 1000,
     )
+
+
+def admission_config(settings: Settings) -> AdmissionConfig:
+    """Admission's limits from the settings (its latency budget from the SLO)."""
+    return AdmissionConfig(
+        max_queue_pairs=settings.max_queue_pairs,
+        latency_s=settings.slo_latency_ms / 1000 * settings.admission_slo_factor,
+        latency_items=settings.slo_items,
+        batch_pairs=settings.max_batch_size,
+        burst_gap_s=settings.admission_burst_gap_ms / 1000,
+    )
+
+
+def text_limits(settings: Settings) -> TextLimits:
+    """The character limits every scoring request is held to before tokenization."""
+    return TextLimits(settings.max_query_chars, settings.max_text_chars)
 
 
 def load_engine(settings: Settings, metrics: Metrics) -> ScoringEngine:
@@ -67,7 +81,9 @@ def load_engine(settings: Settings, metrics: Metrics) -> ScoringEngine:
         variant=settings.variant,
         intra_op_threads=settings.intra_op_threads,
         intra_op_spinning=settings.intra_op_spinning,
-        batcher_config=batcher_config(settings),
+        limits=text_limits(settings),
+        batching=batcher_config(settings),
+        admission=admission_config(settings),
         tokenizer_threads=settings.tokenizer_threads,
         warmup=settings.warmup,
     )
@@ -97,6 +113,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     loop_lag = LoopLag()
     loop_lag.start()
     app.state.engine = engine
+    app.state.admission = engine.admission
     app.state.shadow = shadow
     app.state.loop_lag = loop_lag
     try:
@@ -105,10 +122,11 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await loop_lag.stop()
         app.state.loop_lag = None
         # uvicorn has stopped accepting and let open requests finish; drain what is left.
-        log.info("shutting down: finishing %d queued pairs", engine.batcher.pending_pairs)
+        log.info("shutting down: finishing %d queued pairs", engine.pending_pairs)
         await engine.stop(settings.shutdown_timeout_s)
         await shadow.stop()
         app.state.engine = None
+        app.state.admission = None
         app.state.shadow = None
 
 
@@ -178,7 +196,9 @@ def create_app(
     )
     app.state.settings = settings
     app.state.metrics = metrics
+    app.state.text_limits = text_limits(settings)
     app.state.engine = None
+    app.state.admission = None
     app.state.shadow = None
     app.state.loop_lag = None
     app.state.engine_factory = engine_factory or load_engine

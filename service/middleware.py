@@ -13,6 +13,7 @@ from starlette.exceptions import HTTPException
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from service.admission import Admission
 from service.metrics import Metrics
 
 SCORING_ENDPOINTS = frozenset({"/score", "/rerank"})
@@ -79,8 +80,9 @@ class LoadShedding:
       bound on memory too: each holds a body of up to the body limit);
     * the event loop stays more than ``max_loop_lag_s`` behind (``app.state.loop_lag``):
       the server is short of CPU for the HTTP work itself, which the batcher does not see;
-    * the batcher's queue alone already exceeds the admission latency budget, so any
-      request would be refused after parsing anyway.
+    * admission (:class:`~service.admission.Admission`) would refuse even one pair: the
+      queue alone already exceeds the latency budget, so any request would be refused
+      after parsing anyway.
     """
 
     def __init__(self, app: ASGIApp, max_in_flight: int, max_loop_lag_s: float) -> None:
@@ -101,12 +103,12 @@ class LoadShedding:
         elif path in SCORING_ENDPOINTS:
             state = getattr(scope.get("app"), "state", None)
             lag = getattr(state, "loop_lag", None)
-            batcher = getattr(getattr(state, "engine", None), "batcher", None)
+            admission: Admission | None = getattr(state, "admission", None)
             if lag is not None and lag.lag_s > self.max_loop_lag_s:
                 reason = f"the server is {lag.lag_s * 1000:.0f} ms behind"
-            elif batcher is not None and batcher.saturated():
-                reason = f"{batcher.reserved_pairs} pairs queued, past the latency budget"
-                retry_after_s = batcher.retry_after_s()
+            elif admission is not None and admission.saturated():
+                reason = f"{admission.reserved_pairs} pairs queued, past the latency budget"
+                retry_after_s = admission.retry_after_s()
         if reason is not None:
             metrics = _metrics(scope)
             if metrics is not None:

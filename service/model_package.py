@@ -13,7 +13,6 @@ SHA-256, and the files every variant needs (tokenizer, config) must be present.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -29,25 +28,17 @@ from pydantic import (
     model_validator,
 )
 
+# Re-exported (the export writes package checksums through this module): one SHA-256 helper.
+from relevance_core.hashing import sha256_file as sha256_file
+
 MANIFEST_NAME = "manifest.json"
 FORMAT_VERSION = 1
 VARIANT_NAMES = ("fp32", "fp16", "int8")
 VariantName = Literal["fp32", "fp16", "int8"]
 
-_CHUNK_BYTES = 1 << 20
-
 
 class ModelPackageError(RuntimeError):
     """A package is missing, malformed, or a file in it fails its checksum."""
-
-
-def sha256_file(path: str | Path) -> str:
-    """Hex SHA-256 of a file, read in chunks so large graphs do not load into memory."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(_CHUNK_BYTES):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _resolve(root: Path, rel: str) -> Path:
@@ -160,7 +151,8 @@ class Manifest(BaseModel):
     max_length: int = Field(gt=0)
     truncation: Literal["only_second"] = "only_second"
     padding: Literal["longest"] = "longest"
-    activation: Literal["sigmoid"] = "sigmoid"
+    # relevance_core.activation.ACTIVATIONS; the service applies it to the graph's logits.
+    activation: Literal["sigmoid", "identity"] = "sigmoid"
     inputs: list[str] = Field(
         default_factory=lambda: ["input_ids", "attention_mask", "token_type_ids"]
     )

@@ -12,6 +12,7 @@ from fastapi import Request
 
 from service.engine import ScoringEngine
 from service.errors import NotReady, UnsupportedMediaType
+from service.features import TextLimits
 from service.metrics import Metrics
 from service.settings import Settings
 from service.shadow import TeacherShadow
@@ -38,6 +39,11 @@ async def get_shadow(request: Request) -> TeacherShadow:
     if shadow is None:
         raise NotReady("the service is starting")
     return shadow
+
+
+async def get_text_limits(request: Request) -> TextLimits:
+    """The character limits every scoring backend holds requests to."""
+    return request.app.state.text_limits
 
 
 async def require_json(request: Request) -> None:

@@ -8,6 +8,7 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from service.admission import Admission
 from service.api.deps import get_metrics, get_settings
 from service.metrics import Metrics
 from service.settings import Settings
@@ -61,16 +62,14 @@ async def info(
 
 
 def _load(request: Request) -> dict[str, Any]:
-    """What admission looks at right now (for operators and the reliability run)."""
+    """What the door and admission look at right now (operators, the reliability run)."""
     state = request.app.state
     lag = getattr(state, "loop_lag", None)
-    engine = getattr(state, "engine", None)
-    batcher = engine.batcher if engine is not None else None
+    admission: Admission | None = getattr(state, "admission", None)
+    unknown = {"reserved_pairs": None, "measured_pairs_per_s": None, "request_overhead_ms": None}
     return {
         "loop_lag_ms": round(lag.lag_s * 1000, 1) if lag is not None else None,
-        "reserved_pairs": batcher.reserved_pairs if batcher is not None else None,
-        "measured_pairs_per_s": round(batcher.pairs_per_s, 1) if batcher is not None else None,
-        "request_overhead_ms": round(batcher.overhead_s * 1000, 1) if batcher is not None else None,
+        **(admission.load() if admission is not None else unknown),
     }
 
 

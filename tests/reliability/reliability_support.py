@@ -10,12 +10,12 @@ import httpx
 import numpy as np
 from fastapi import FastAPI
 
-from service.app import batcher_config
+from service.app import admission_config, batcher_config, text_limits
 from service.engine import ScoringEngine
-from service.features import load_tokenizer
+from service.features import PairEncoder
 from service.metrics import Metrics
 from service.model_package import load_package
-from service.onnx_scorer import OnnxScorer
+from service.scorers import OnnxScorer
 from service.settings import Settings
 
 
@@ -63,14 +63,15 @@ def slow_engine_factory(
 
     def factory(settings: Settings, metrics: Metrics) -> ScoringEngine:
         package = load_package(settings.model_dir)
-        tokenizer = load_tokenizer(package.tokenizer_path, package.manifest.max_length)
+        encoder = PairEncoder.for_package(package, text_limits(settings))
         inner = OnnxScorer.load(package, "cpu", "auto", settings.intra_op_threads, False)
         return ScoringEngine(
             package,
             SlowScorer(inner, per_pair_s, per_batch_s),
-            tokenizer,
-            batcher_config(settings),
+            encoder,
             metrics,
+            batching=batcher_config(settings),
+            admission=admission_config(settings),
         )
 
     return factory

@@ -75,12 +75,12 @@ def test_overload_at_twice_capacity_is_bounded(reliability_app: Callable[..., Fa
                 transport=transport,
             )
             # After the load: the queue empties and a lone request is as fast as before.
-            batcher = app.state.engine.batcher
+            admission = app.state.admission
             for _ in range(100):
-                if batcher.reserved_pairs == 0:
+                if admission.reserved_pairs == 0:
                     break
                 await asyncio.sleep(0.01)
-            assert batcher.reserved_pairs == 0
+            assert admission.reserved_pairs == 0
             async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as c:
                 t0 = time.monotonic()
                 r = await c.post("/score", content=_requests(1)[0].body, headers=_JSON)

@@ -1,0 +1,188 @@
+"""The request pipeline every scoring endpoint shares.
+
+A route parses its body into a :class:`ScoringCall` and says how to shape the answer;
+:func:`serve` does the rest, in one order for all of them: item count → deadline →
+score on a backend (cancelled if the client goes away) → answer → account for the time
+spent outside the backend. Errors the backend raises with item positions are named here,
+as the endpoint spells its fields (``items[3].text``, ``texts[3]``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Protocol, TypeVar
+
+import numpy as np
+from fastapi import Request
+
+from service.engine import EngineResult, ScoringEngine
+from service.errors import DeadlineExceeded, InputTooLong, InvalidInput, PayloadTooLarge
+from service.features import TextLimits
+from service.middleware import arrival_time
+from service.settings import Settings
+from service.shadow import TeacherShadow
+
+R = TypeVar("R")
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class FieldNames:
+    """How an endpoint names its inputs in error messages."""
+
+    items: str
+    text: str  # a format with the item's index
+
+
+SCORE_FIELDS = FieldNames("items", "items[{}].text")
+RERANK_FIELDS = FieldNames("texts", "texts[{}]")
+
+
+@dataclass(frozen=True)
+class ScoringCall:
+    """A parsed scoring request: what any backend needs."""
+
+    query: str
+    texts: Sequence[str]
+    truncate: bool
+    max_items: int
+    fields: FieldNames
+    deadline_ms: int | None = None
+
+
+@dataclass(frozen=True)
+class TeacherResult:
+    """The teacher's scores and the inputs it scored (after the character limits)."""
+
+    query: str
+    texts: list[str]
+    scores: np.ndarray
+
+
+class Backend(Protocol[R]):
+    """Something that scores a call: the student engine or the teacher shadow."""
+
+    # Whether a call without deadline_ms gets RELEVANCE_DEFAULT_DEADLINE_MS (the teacher
+    # has its own timeout and is slow by design).
+    default_deadline: bool
+
+    def score(self, call: ScoringCall, deadline: float | None) -> Awaitable[R]: ...
+
+    def account(self, result: R, outside_s: float) -> None:
+        """Told how long the request spent outside the backend (parse, answer)."""
+        ...
+
+
+class StudentBackend:
+    """The student model through the engine; admission learns each request's overhead."""
+
+    default_deadline = True
+
+    def __init__(self, engine: ScoringEngine) -> None:
+        self.engine = engine
+
+    async def score(self, call: ScoringCall, deadline: float | None) -> EngineResult:
+        assert deadline is not None
+        return await self.engine.score(
+            call.query, call.texts, deadline=deadline, truncate=call.truncate
+        )
+
+    def account(self, result: EngineResult, outside_s: float) -> None:
+        # Tokenizing happens inside the engine but outside the queue and the model.
+        self.engine.admission.note_overhead(outside_s + result.tokenize_s)
+
+
+class TeacherBackend:
+    """The LLM teacher; it has its own slots and timeout, so admission does not see it."""
+
+    default_deadline = False
+
+    def __init__(self, shadow: TeacherShadow, limits: TextLimits) -> None:
+        self.shadow = shadow
+        self.limits = limits
+
+    async def score(self, call: ScoringCall, deadline: float | None) -> TeacherResult:
+        query, texts, _ = self.limits.apply(call.query, call.texts, call.truncate)
+        scoring: Awaitable[np.ndarray] = self.shadow.score(query, texts)
+        if deadline is not None:
+            scoring = _within(scoring, deadline - time.monotonic())
+        return TeacherResult(query, texts, await scoring)
+
+    def account(self, result: TeacherResult, outside_s: float) -> None:
+        pass
+
+
+async def serve(
+    request: Request,
+    settings: Settings,
+    call: ScoringCall,
+    backend: Backend[R],
+    answer: Callable[[R], T],
+) -> T:
+    """Run one scoring request through ``backend`` and shape its answer."""
+    arrived = arrival_time(request.scope)
+    request.state.items = len(call.texts)
+    if len(call.texts) > call.max_items:
+        name = call.fields.items
+        raise PayloadTooLarge(
+            f"{name}: {len(call.texts)} items exceed the limit of {call.max_items}", field=name
+        )
+    deadline = deadline_for(settings, arrived, call.deadline_ms, backend.default_deadline)
+    started = time.monotonic()
+    try:
+        result = await until_disconnect(request, backend.score(call, deadline))
+    except InputTooLong as exc:
+        raise exc.named(call.fields.text) from None
+    ended = time.monotonic()
+    out = answer(result)
+    backend.account(result, (started - arrived) + (time.monotonic() - ended))
+    return out
+
+
+def deadline_for(
+    settings: Settings, arrived: float, deadline_ms: int | None, default: bool = True
+) -> float | None:
+    """The request's ``time.monotonic()`` deadline, counted from its arrival."""
+    if deadline_ms is not None and deadline_ms > settings.max_deadline_ms:
+        raise InvalidInput(
+            f"deadline_ms: {deadline_ms} exceeds the limit of {settings.max_deadline_ms}",
+            field="deadline_ms",
+        )
+    if deadline_ms is None and not default:
+        return None
+    return arrived + (deadline_ms or settings.default_deadline_ms) / 1000
+
+
+async def until_disconnect(request: Request, work: Awaitable[T]) -> T:
+    """Await ``work``, cancelling it if the client goes away (its queued pairs are skipped)."""
+    task = asyncio.ensure_future(work)
+
+    async def watch() -> None:
+        while True:
+            message = await request.receive()
+            if message["type"] == "http.disconnect":
+                task.cancel()
+                return
+
+    watcher = asyncio.create_task(watch())
+    try:
+        return await task
+    finally:
+        watcher.cancel()
+
+
+async def _within(scoring: Awaitable[np.ndarray], seconds: float) -> np.ndarray:
+    """``scoring``'s result, or 504 once the request's own deadline has passed."""
+    try:
+        return await asyncio.wait_for(scoring, max(0.0, seconds))
+    except TimeoutError:
+        raise DeadlineExceeded("deadline_ms: the teacher did not answer in time") from None
+
+
+def ranked(values: np.ndarray, top_k: int | None = None) -> list[int]:
+    """Indices best first; ties keep input order."""
+    order = np.argsort(-values, kind="stable").tolist()
+    return order[:top_k] if top_k is not None else order

@@ -1,0 +1,153 @@
+"""The inference worker: one thread runs the model on the batches the batcher packs.
+
+ONNX Runtime releases the GIL inside ``session.run``, so the event loop and the tokenizer
+keep working meanwhile. A batch's logits resolve its requests' futures; its size and
+timing go to the metrics and to whoever forecasts throughput (``on_batch``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+
+from service.batcher import Batch, BatchResult, MicroBatcher, Pending, PendingRequest, fail
+from service.errors import InferenceFailed
+from service.metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+RunBatch = Callable[[dict[str, np.ndarray]], np.ndarray]
+"""Blocking model call: padded int64 inputs → one float logit per row."""
+
+
+@dataclass(frozen=True)
+class BatchRun:
+    """One batch that ran: what a throughput forecast learns from."""
+
+    pairs: int
+    started: float
+    elapsed_s: float
+    backlogged: bool  # work was still queued when it ended
+
+
+class InferenceWorker:
+    """Takes batches from a :class:`MicroBatcher` and runs them, one at a time."""
+
+    def __init__(
+        self,
+        batcher: MicroBatcher,
+        run_batch: RunBatch,
+        metrics: Metrics | None = None,
+        on_batch: Callable[[BatchRun], None] | None = None,
+    ) -> None:
+        self._batcher = batcher
+        self._run_batch = run_batch
+        self._metrics = metrics
+        self._on_batch = on_batch
+        self._pool: ThreadPoolExecutor | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        """Start the inference task and its thread on the running loop."""
+        if self._task is not None:
+            return
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="relevance-infer")
+        self._task = asyncio.create_task(self._loop(), name="relevance-inference")
+
+    async def stop(self, timeout_s: float = 30.0) -> None:
+        """Wait (up to ``timeout_s``) for the batcher's last batch, then release the thread."""
+        if self._task is not None:
+            done, _ = await asyncio.wait({self._task}, timeout=timeout_s)
+            if not done:
+                self._task.cancel()
+                await asyncio.gather(self._task, return_exceptions=True)
+            elif not self._task.cancelled() and self._task.exception() is not None:
+                log.error("inference task failed", exc_info=self._task.exception())
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+        self._task = None
+
+    async def _loop(self) -> None:
+        while True:
+            batch = await self._batcher.take()
+            if batch is None:
+                return
+            try:
+                await self._run(batch)
+            except Exception as exc:  # a bug here must fail the batch, never stall the queue
+                log.exception("batch of %d pairs failed", len(batch.items))
+                fail(batch.items, InferenceFailed(f"inference failed: {type(exc).__name__}"))
+            finally:
+                self._batcher.release()
+
+    async def _run(self, batch: Batch) -> None:
+        trimmed = self._batcher.trim(batch)
+        if trimmed is None:
+            return
+        items, inputs = trimmed.items, trimmed.inputs
+        n_pairs, width = inputs["input_ids"].shape
+        started = time.monotonic()
+        assert self._pool is not None
+        loop = asyncio.get_running_loop()
+        try:
+            logits = await loop.run_in_executor(self._pool, self._run_batch, inputs)
+            logits = np.asarray(logits, dtype=np.float32).reshape(-1)
+            if logits.shape != (n_pairs,):
+                raise ValueError(f"model returned {logits.shape[0]} logits for {n_pairs} pairs")
+        except Exception as exc:
+            log.exception("inference failed on a batch of %d pairs", n_pairs)
+            fail(items, InferenceFailed(f"inference failed: {type(exc).__name__}"))
+            return
+        elapsed = time.monotonic() - started
+        if self._on_batch is not None:
+            self._on_batch(BatchRun(n_pairs, started, elapsed, self._batcher.has_work()))
+        self._observe(items, n_pairs, width, started, elapsed)
+        deliver(items, logits, started, elapsed)
+
+    def _observe(
+        self, items: list[Pending], n_pairs: int, width: int, started: float, elapsed: float
+    ) -> None:
+        m = self._metrics
+        if m is None:
+            return
+        real = sum(it.length for it in items)
+        total = n_pairs * width
+        m.batch_pairs.observe(n_pairs)
+        m.batch_tokens.observe(total)
+        m.batch_padding_ratio.observe(1 - real / total if total else 0.0)
+        m.tokens.labels(kind="real").inc(real)
+        m.tokens.labels(kind="padding").inc(total - real)
+        m.inference_duration.observe(elapsed)
+        for it in items:
+            m.queue_wait.observe(started - it.enqueued_at)
+
+
+def deliver(items: Sequence[Pending], logits: np.ndarray, started: float, elapsed: float) -> None:
+    """Write a batch's logits into its requests; a request complete with it is resolved."""
+    seen: set[int] = set()
+    for it, logit in zip(items, logits, strict=True):
+        request: PendingRequest = it.request
+        if request.future.done():  # cancelled or failed while the batch ran
+            continue
+        if id(request) not in seen:
+            seen.add(id(request))
+            request.batches += 1
+            request.inference_s += elapsed
+        request.queue_s = max(request.queue_s, started - it.enqueued_at)
+        if not math.isfinite(float(logit)):
+            request.future.set_exception(InferenceFailed("the model returned a non-finite score"))
+            continue
+        request.logits[it.index] = logit
+        request.remaining -= 1
+        if request.remaining == 0:
+            result = BatchResult(
+                request.logits, request.queue_s, request.inference_s, request.batches
+            )
+            request.future.set_result(result)

@@ -1,0 +1,141 @@
+"""Inference worker: one thread, prepared batches, failures confined to their batch."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from typing import Any
+
+import numpy as np
+import pytest
+from batchtools import FakeModel, expected_logit, make_pair, run, submit, until
+
+from service import batcher as batcher_module
+from service.batcher import BatcherConfig, MicroBatcher
+from service.errors import InferenceFailed
+from service.features import EncodedPair
+from service.worker import BatchRun, InferenceWorker
+
+
+def test_one_inference_thread_never_concurrent() -> None:
+    model = FakeModel(delay_s=0.002)
+
+    async def body(b: MicroBatcher) -> Any:
+        requests = [[make_pair(3 + (r % 7), seed=r * 10 + i) for i in range(5)] for r in range(40)]
+        return await asyncio.gather(*(submit(b, pairs) for pairs in requests))
+
+    run(model, body, max_batch_size=8, max_wait_ms=1)
+    assert model.max_running == 1
+    assert len(model.threads) == 1 and next(iter(model.threads)).startswith("relevance-infer")
+
+
+def test_next_batch_is_prepared_while_current_runs(monkeypatch: pytest.MonkeyPatch) -> None:
+    model = FakeModel()
+    model.gate = threading.Event()
+    collate_times: list[float] = []
+    real_collate = batcher_module.collate
+
+    def timed_collate(pairs: list[EncodedPair]) -> dict[str, np.ndarray]:
+        collate_times.append(time.monotonic())
+        return real_collate(pairs)
+
+    monkeypatch.setattr(batcher_module, "collate", timed_collate)
+
+    async def body(b: MicroBatcher) -> Any:
+        first = asyncio.create_task(submit(b, [make_pair(3, seed=i) for i in range(4)]))
+        await until(lambda: bool(model.threads))
+        second = asyncio.create_task(submit(b, [make_pair(3, seed=10 + i) for i in range(4)]))
+        await until(lambda: len(collate_times) >= 2)
+        model.gate.set()  # the first batch ends only after the second was padded
+        return await asyncio.gather(first, second)
+
+    run(model, body, max_batch_size=4, max_wait_ms=1)
+    first_start, first_end = model.spans[0]
+    assert first_start < collate_times[1] < first_end
+
+
+def test_inference_error_fails_every_request_in_its_batch_and_nothing_else() -> None:
+    model = FakeModel(fail_on_id=999)
+    model.gate = threading.Event()
+    bad = EncodedPair(np.array([999, 5]), np.ones(2, np.int64), np.zeros(2, np.int64), False)
+    neighbour = make_pair(2, seed=1)
+    later = [make_pair(2, seed=20 + i) for i in range(2)]
+
+    async def body(b: MicroBatcher) -> Any:
+        blocker = asyncio.create_task(submit(b, [make_pair(3, seed=50)]))
+        await until(lambda: bool(model.threads))  # the model is busy: the rest queue up
+        # In request order (one batch's window), batches of 2: [bad, neighbour], later.
+        failing = asyncio.create_task(submit(b, [bad]))
+        sharing = asyncio.create_task(submit(b, [neighbour]))
+        after = asyncio.create_task(submit(b, later))
+        await until(lambda: b.pending_pairs == 2)  # the first pair of batches was packed
+        model.gate.set()
+        return await asyncio.gather(blocker, failing, sharing, after, return_exceptions=True)
+
+    blocker, failing, sharing, after = run(
+        model, body, max_batch_size=2, max_wait_ms=1, window_batches=1
+    )
+    assert model.batches == [(1, 3), (2, 2), (2, 2)]
+    assert isinstance(failing, InferenceFailed) and "RuntimeError" in failing.message
+    # The neighbour shared the failed batch, so it fails with it ...
+    assert isinstance(sharing, InferenceFailed)
+    # ... while the batches before and after it are scored.
+    assert blocker.logits.shape == (1,)
+    np.testing.assert_allclose(after.logits, [expected_logit(p) for p in later], rtol=1e-6)
+
+
+def test_a_request_spanning_a_failed_batch_fails_whole() -> None:
+    model = FakeModel(fail_on_id=999)
+    bad = EncodedPair(np.array([999, 5]), np.ones(2, np.int64), np.zeros(2, np.int64), False)
+    pairs = [make_pair(2, seed=i) for i in range(3)] + [bad]
+
+    async def body(b: MicroBatcher) -> Any:
+        with pytest.raises(InferenceFailed):
+            await submit(b, pairs)
+        return await submit(b, [make_pair(2, seed=9)])
+
+    result = run(model, body, max_batch_size=2, max_wait_ms=0, window_batches=1)
+    assert result.logits.tolist() == [expected_logit(make_pair(2, seed=9))]
+    assert len(model.batches) == 3
+
+
+@pytest.mark.parametrize(
+    ("output", "message"),
+    [
+        (np.array([1.0, np.nan], dtype=np.float32), "non-finite"),
+        (np.array([1.0], dtype=np.float32), "ValueError"),  # one logit for two pairs
+    ],
+)
+def test_a_bad_model_output_fails_the_request(output: np.ndarray, message: str) -> None:
+    async def main() -> None:
+        b = MicroBatcher(BatcherConfig(max_batch_size=2, max_wait_ms=0))
+        worker = InferenceWorker(b, lambda inputs: output)
+        await b.start()
+        await worker.start()
+        try:
+            with pytest.raises(InferenceFailed, match=message):
+                await submit(b, [make_pair(2), make_pair(2, seed=1)])
+        finally:
+            await asyncio.gather(b.stop(5), worker.stop(5))
+
+    asyncio.run(main())
+
+
+def test_each_batch_is_reported_with_its_size_and_backlog() -> None:
+    model = FakeModel()
+    model.gate = threading.Event()
+    runs: list[BatchRun] = []
+
+    async def body(b: MicroBatcher) -> Any:
+        first = asyncio.create_task(submit(b, [make_pair(3, seed=i) for i in range(4)]))
+        await until(lambda: bool(model.threads))
+        second = asyncio.create_task(submit(b, [make_pair(3, seed=10 + i) for i in range(2)]))
+        await until(lambda: b.pending_pairs == 2)  # queued behind the batch in the model
+        model.gate.set()
+        return await asyncio.gather(first, second)
+
+    run(model, body, on_batch=runs.append, max_batch_size=4, max_wait_ms=1)
+    assert [r.pairs for r in runs] == [4, 2]
+    assert runs[0].backlogged and not runs[1].backlogged
+    assert runs[0].started + runs[0].elapsed_s <= runs[1].started
