@@ -75,7 +75,7 @@ def find_torch_model(package_dir: Path, explicit: Path | None = None) -> Path:
         candidates.append(Path(provenance["torch_model_dir"]))
     run = (provenance.get("student") or {}).get("run")
     if run:
-        # models/<name>/ -> <repo>/runs/students/<run>/ (training.pipeline.students_dir)
+        # models/<name>/ -> <repo>/runs/students/<run>/ (training.artifacts.students_dir)
         candidates.append(package_dir.resolve().parent.parent / "runs" / "students" / run)
     for candidate in candidates:
         if usable(candidate):

@@ -2,7 +2,7 @@
 
 Writes ``OUT/student`` (``save_pretrained`` weights and tokenizer: what the naive
 PyTorch server, sentence-transformers and infinity load) and ``OUT/package`` (exported
-through the real ``training.export``: what the service loads). Scores are random; only
+through the real ``training.onnx_export``: what the service loads). Scores are random; only
 the plumbing and relative speeds mean anything. Needs the ``train`` extra (torch).
 
     python -m loadtest.tiny_model runs/tiny
@@ -25,7 +25,7 @@ def build(out: Path, *, seed: int = 0) -> tuple[Path, Path]:
     if not (student / "config.json").is_file():
         build_tiny_student(student, seed)
     if not (package / "manifest.json").is_file():
-        from training.export import export_package
+        from training.onnx_export.build import export_package
 
         export_package(
             student,

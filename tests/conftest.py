@@ -39,7 +39,7 @@ def tiny_model_package(tiny_student_dir: Path, tmp_path_factory: pytest.TempPath
     No validation pairs: FP32 is checked against PyTorch on built-in pairs, the FP16/INT8
     ranking checks are recorded as skipped (a random model has no ranking to keep).
     """
-    from training.export import export_package
+    from training.onnx_export.build import export_package
 
     return export_package(
         tiny_student_dir,

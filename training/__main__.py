@@ -23,19 +23,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from training.artifacts import PipelineError, reproduce_command
 from training.config import load_config
-from training.pipeline import (
-    PipelineError,
-    ensure_default,
-    reproduce_command,
-    stage_all,
-    stage_committee,
-    stage_distill,
-    stage_evaluate,
-    stage_export,
-    stage_label,
-    stage_teacher,
-)
+from training.default_package import ensure_default
+from training.evaluation.stage import stage_evaluate
+from training.onnx_export.stage import stage_export
+from training.stages import stage_all, stage_committee, stage_distill, stage_label, stage_teacher
 
 STAGES = (
     "teacher",

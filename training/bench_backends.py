@@ -234,7 +234,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="bench-package-") as tmp:
         package_dir = args.package_dir
         if package_dir is None:
-            from training.export import export_package
+            from training.onnx_export.build import export_package
 
             package_dir = export_package(
                 args.model_dir,

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from training.distill import read_run
+from training.artifacts import read_run
 
 COMMITTEE_KEY_COLUMNS = ("query_key", "product_id")
 

@@ -46,14 +46,6 @@ def grade_to_score(grade: np.ndarray | pd.Series | float) -> np.ndarray | pd.Ser
     return (grade - MIN_GRADE) / (MAX_GRADE - MIN_GRADE)
 
 
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def load_labeled(path: str | Path = DEFAULT_DATA_PATH) -> pd.DataFrame:
     """Load and clean the human-labeled pairs.
 

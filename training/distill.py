@@ -26,9 +26,10 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
+from training.artifacts import RUN_RECORD
 from training.config import LossConfig, StudentConfig
 from training.data import grade_to_score
-from training.evaluate import pairwise_accuracy
+from training.evaluation.metrics import pairwise_accuracy
 from training.losses import HybridDistillationLoss
 from training.seeding import seed_everything
 from training.student import (
@@ -41,7 +42,6 @@ from training.student import (
 
 logger = logging.getLogger(__name__)
 
-RUN_RECORD = "run.json"
 TRAINING_COLUMNS = ("query", "query_key", "product_id", "title", "target", "source")
 
 
@@ -239,9 +239,3 @@ def train_student(
         best["validation_pairwise_accuracy"],
     )
     return result
-
-
-def read_run(out_dir: Path) -> dict[str, Any] | None:
-    """The record of a finished run, or None."""
-    path = out_dir / RUN_RECORD
-    return json.loads(path.read_text()) if path.is_file() else None

@@ -117,12 +117,13 @@ def label_stage(
 
     Both files resume from whatever is cached. Returns the label file of each part.
     """
+    from relevance_core.hashing import sha256_file
     from relevance_core.teacher import load_teacher, teacher_id
     from training.augment import build_augmentation
-    from training.data import catalogue, file_sha256, load_labeled, query_subset, split_by_query
+    from training.data import catalogue, load_labeled, query_subset, split_by_query
 
     started = time.monotonic()
-    data_sha = file_sha256(data_path)
+    data_sha = sha256_file(data_path)
     labeled = load_labeled(data_path)
     splits = split_by_query(labeled, seed=split_seed)
     tid = teacher_id(teacher_dir)

@@ -27,7 +27,10 @@ import numpy as np
 import torch
 from tokenizers import Tokenizer
 
+from relevance_core.activation import sigmoid
 from service.features import encode_pairs, load_tokenizer
+from training.artifacts import TOKENIZER_FILES
+from training.scoring import length_order, score_pairs
 
 if TYPE_CHECKING:
     from transformers import BertForSequenceClassification
@@ -36,13 +39,6 @@ if TYPE_CHECKING:
 
 MINILM = "minilm"
 TERM_MATCH_TYPE_ID = 2
-# Tokenizer/config files a saved student carries (what the export copies into a package).
-TOKENIZER_FILES = (
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "special_tokens_map.json",
-    "vocab.txt",
-)
 
 
 class StudentError(RuntimeError):
@@ -129,7 +125,12 @@ def encode_batch(
     term_matching: bool = False,
 ) -> dict[str, torch.Tensor]:
     """Model inputs for pairs: ``encode_pairs`` (plus term marks when enabled) as tensors."""
-    batch = encode_pairs(tokenizer, queries, texts)
+    return _tensors(encode_pairs(tokenizer, queries, texts), tokenizer, term_matching)
+
+
+def _tensors(
+    batch: dict[str, np.ndarray], tokenizer: Tokenizer, term_matching: bool
+) -> dict[str, torch.Tensor]:
     if term_matching:
         batch = mark_term_matches(batch, special_token_ids(tokenizer))
     return {name: torch.from_numpy(array) for name, array in batch.items()}
@@ -146,19 +147,16 @@ def predict_logits(
     if len(queries) != len(texts):
         raise ValueError(f"got {len(queries)} queries for {len(texts)} texts")
     term_matching = bool(getattr(model.config, "term_matching", False))
-    order = np.argsort(
-        [len(q) + len(t) for q, t in zip(queries, texts, strict=True)], kind="stable"
-    )
-    out = np.zeros(len(texts), dtype=np.float32)
+
+    def run(batch: dict[str, np.ndarray]) -> np.ndarray:
+        return model(**_tensors(batch, tokenizer, term_matching)).logits[:, 0].float().numpy()
+
     was_training = model.training
     model.eval()
     with torch.inference_mode():
-        for start in range(0, len(order), batch_size):
-            chunk = order[start : start + batch_size]
-            inputs = encode_batch(
-                tokenizer, [queries[i] for i in chunk], [texts[i] for i in chunk], term_matching
-            )
-            out[chunk] = model(**inputs).logits[:, 0].float().numpy()
+        out = score_pairs(
+            run, tokenizer, queries, texts, batch_size, order=length_order(queries, texts)
+        )
     model.train(was_training)
     return out
 
@@ -170,9 +168,8 @@ def predict_scores(
     texts: Sequence[str],
     batch_size: int = 64,
 ) -> np.ndarray:
-    """Student scores in [0, 1]: ``sigmoid`` of :func:`predict_logits`."""
-    logits = predict_logits(model, tokenizer, queries, texts, batch_size).astype(np.float64)
-    return 1.0 / (1.0 + np.exp(-logits))
+    """Student scores in [0, 1]: ``sigmoid`` of :func:`predict_logits` (float64)."""
+    return sigmoid(predict_logits(model, tokenizer, queries, texts, batch_size), np.float64)
 
 
 def save_student(

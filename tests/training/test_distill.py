@@ -8,8 +8,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from training.artifacts import read_run
 from training.config import LossConfig, StudentConfig
-from training.distill import _lr_scale, read_run, selection_subset, train_student, training_frame
+from training.distill import _lr_scale, selection_subset, train_student, training_frame
 
 
 def _human() -> pd.DataFrame:

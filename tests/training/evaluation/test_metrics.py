@@ -1,4 +1,4 @@
-"""Evaluation metrics against hand-computed values; slices; BM25 baseline."""
+"""Evaluation metrics against hand-computed values; slices."""
 
 from __future__ import annotations
 
@@ -8,16 +8,15 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from training.evaluate import (
-    BM25Scorer,
+from training.evaluation.metrics import (
     LongTailSlices,
     class_metrics,
-    findings,
     grade_classes,
     ndcg_at,
     pairwise_accuracy,
     ranking_metrics,
     score_classes,
+    slice_metrics,
     spearman,
 )
 
@@ -95,48 +94,16 @@ def test_long_tail_slices() -> None:
     assert list(masks["long_tail"]) == [False, True, True]
 
 
-def test_bm25_prefers_matching_titles() -> None:
-    products = pd.DataFrame(
+def test_slice_metrics_score_each_slice_on_its_own_queries() -> None:
+    slices = LongTailSlices.from_train(["angle bracket", "deck screw"], 4, 0)
+    frame = pd.DataFrame(
         {
-            "product_id": ["1", "2", "3"],
-            "title": ["Simpson angle bracket", "Deck screw box", "Garden hose reel"],
+            "query": ["angle bracket"] * 2 + ["long deck screw query here"] * 2,
+            "query_key": ["a", "a", "b", "b"],
+            "grade": [3.0, 1.0, 3.0, 1.0],
         }
     )
-    scores = BM25Scorer(products).score(["angle bracket", "angle bracket", "zzz"], ["1", "2", "1"])
-    assert scores[0] > scores[1] == 0.0
-    assert scores[2] == 0.0
-
-
-def _system(name: str, kind: str, accuracy: float, **extra: object) -> dict[str, object]:
-    return {
-        "name": name,
-        "kind": kind,
-        "metrics": {"pairwise_accuracy": accuracy},
-        "augment_pairs": extra.pop("augment_pairs", 0),
-        "validation_pairwise_accuracy": extra.pop("validation", None),
-        **extra,
-    }
-
-
-def test_findings_state_each_target_with_its_numbers() -> None:
-    systems = [
-        _system("BM25", "baseline", 0.556),
-        _system("student: human-only", "student", 0.596, validation=0.571),
-        _system("student: distill-n5888", "student", 0.587, augment_pairs=5888, validation=0.575),
-        _system(
-            "student: committee-n24000",
-            "student",
-            0.602,
-            augment_pairs=24000,
-            validation=0.584,
-            labels_from="committee",
-        ),
-        _system("committee teacher of committee-n24000", "committee", 0.603),
-        _system("committee teacher of committee-n9", "committee", 0.500),
-    ]
-    lines = findings({"systems": systems})
-    assert "committee-n24000" in lines[0] and "a committee of students" in lines[0]
-    assert "vs the human-labels-only student (0.5960): +0.0060, beats it." in lines
-    assert "vs BM25 (0.5560): +0.0460, misses the +0.05 target." in lines
-    # Compared with its own committee teacher, not another committee's.
-    assert "vs its committee teacher (0.6030): -0.0010." in lines
+    # Right order on the short query, wrong order on the long one.
+    out = slice_metrics(frame, np.array([0.9, 0.1, 0.1, 0.9]), slices)
+    assert out["rest"]["pairwise_accuracy"] == 1.0 and out["rest"]["queries"] == 1
+    assert out["long"]["pairwise_accuracy"] == 0.0 and out["long"]["pairs"] == 2

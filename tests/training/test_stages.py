@@ -1,0 +1,91 @@
+"""The training stages on the tiny pipeline: teacher, label, distill (committee: test_committee)."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from training.__main__ import main
+from training.artifacts import (
+    PipelineError,
+    augmentation_labels_path,
+    curve_sizes,
+    load_augmentation,
+    read_run,
+    split_labels_path,
+    teacher_labeled_augmentation,
+)
+from training.label import read_labels
+from training.stages import stage_distill, stage_label, stage_teacher
+
+
+def test_distill_needs_a_teacher_package_first(tmp_path: Path, make_tiny_config) -> None:
+    config = make_tiny_config(tmp_path)
+    with pytest.raises(PipelineError, match="teacher package"):
+        stage_distill(config, sizes=[10])
+
+
+def test_teacher_stage_writes_a_package_and_then_skips(tiny_pipeline) -> None:
+    package = tiny_pipeline.get("teacher")
+    config = tiny_pipeline.config
+    assert package is not None and (package / "manifest.json").is_file()
+    manifest_time = (package / "manifest.json").stat().st_mtime_ns
+    assert stage_teacher(config) == package
+    assert (package / "manifest.json").stat().st_mtime_ns == manifest_time
+    # Thread count is not part of the teacher's identity; the LoRA rank is.
+    threads = replace(config.teacher, threads=2, checkpoint_minutes=7.0)
+    assert stage_teacher(config.model_copy(update={"teacher": threads})) == package
+    assert (package / "manifest.json").stat().st_mtime_ns == manifest_time
+    rank = replace(config.teacher, lora_r=8)
+    with pytest.raises(PipelineError, match="lora_r: checkpoint 4, config 8"):
+        stage_teacher(config.model_copy(update={"teacher": rank}))
+
+
+def test_label_stage_labels_a_test_sample_then_the_augmentation_prefix(tiny_pipeline) -> None:
+    counts = tiny_pipeline.get("label")
+    config, dataset = tiny_pipeline.config, tiny_pipeline.dataset
+    (size,) = curve_sizes(config, dataset)
+    test_labels = split_labels_path(config, dataset, "test")
+    assert test_labels.name.startswith("test-3q-")
+    assert counts["test"] == len(read_labels(test_labels)) > 0
+    assert counts["augmentation"] == size
+    augmentation = load_augmentation(config, dataset)
+    held_out = set(dataset.splits["validation"]["query_key"]) | set(
+        dataset.splits["test"]["query_key"]
+    )
+    assert not held_out & set(augmentation["query_key"])
+    before = augmentation_labels_path(config, dataset).read_text()
+    stage_label(config)  # resumes: nothing left to label
+    assert augmentation_labels_path(config, dataset).read_text() == before
+    labeled = teacher_labeled_augmentation(config, dataset, size)
+    assert list(labeled["product_id"]) == list(augmentation["product_id"][:size])
+    assert labeled["teacher_score"].between(0, 1).all()
+    with pytest.raises(PipelineError, match="label --limit"):
+        teacher_labeled_augmentation(config, dataset, len(augmentation) + 1)
+
+
+def test_distill_stage_trains_one_student_per_size_and_then_skips(
+    tiny_pipeline, tmp_path: Path
+) -> None:
+    out_dirs = tiny_pipeline.get("distill")
+    config, dataset = tiny_pipeline.config, tiny_pipeline.dataset
+    (size,) = curve_sizes(config, dataset)
+    assert [d.name for d in out_dirs] == ["human-only", f"distill-n{size}"]
+    human, distilled = (read_run(d) for d in out_dirs)
+    assert human["train_pairs_by_source"] == {"human": len(dataset.splits["train"])}
+    assert human["teacher_id"] is None and human["augment_sources"] == {}
+    assert distilled["train_pairs_by_source"]["teacher"] == size
+    assert distilled["teacher_id"].startswith("teacher-") and distilled["augment_version"]
+    assert sum(distilled["augment_sources"].values()) == size
+    assert human["fingerprint"] != distilled["fingerprint"]
+    for d in out_dirs:
+        assert (d / "config.json").is_file() and (d / "tokenizer.json").is_file()
+        assert (d / "train_config.json").is_file()
+    stamp = (out_dirs[1] / "run.json").stat().st_mtime_ns
+    config_file = config.save(tmp_path / "config.json")
+    assert main(["distill", "--config", str(config_file)]) == 0
+    assert (out_dirs[1] / "run.json").stat().st_mtime_ns == stamp
+    # A size with too few labels is named with the fix, through the CLI too.
+    assert main(["distill", "--config", str(config_file), "--size", str(10**6)]) == 2

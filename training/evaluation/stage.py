@@ -1,0 +1,161 @@
+"""The ``evaluate`` stage: every system scored on the held-out split, then the report.
+
+Writes ``runs/evaluation/<split>.json`` (the results: every row's metrics and slices, the
+teacher-sample table, the conditions of the run), ``docs/evaluation.md`` and its curve.
+When the teacher labeled only a sample of the split's queries, a second table compares
+every system on that sample, the only fair comparison with the teacher.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from training.artifacts import (
+    Dataset,
+    PipelineError,
+    load_dataset,
+    reproduce_command,
+    split_labels_path,
+)
+from training.config import EvaluateConfig, TrainConfig
+from training.evaluation.metrics import LongTailSlices, ranking_metrics, slice_metrics
+from training.evaluation.report import SystemResult, findings, plot_curve, render_markdown
+from training.evaluation.systems import Scored, score_systems, teacher_row, teacher_scores_for
+
+logger = logging.getLogger(__name__)
+
+
+def stage_evaluate(
+    config: TrainConfig, teacher_labels: Path | None = None, command: str | None = None
+) -> dict[str, Any]:
+    """Score every system on the held-out split; write the report, plot and results JSON."""
+    import torch
+
+    settings = config.evaluate
+    torch.set_num_threads(settings.threads)
+    dataset = load_dataset(config)
+    frame = dataset.splits[settings.split]
+    slices = LongTailSlices.from_train(
+        dataset.splits["train"]["query"].tolist(),
+        settings.long_query_words,
+        settings.rare_term_max_count,
+    )
+    if teacher_labels is None:
+        try:
+            teacher_labels = split_labels_path(config, dataset, settings.split)
+        except PipelineError:
+            teacher_labels = None
+    teacher_scores = teacher_scores_for(frame, teacher_labels)
+    sample = frame.sample(n=min(settings.latency_pairs, len(frame)), random_state=config.split.seed)
+    scored = score_systems(config, dataset, frame, sample)
+    if teacher_scores is not None:
+        scored.append(teacher_row(config, teacher_scores, teacher_labels, sample))
+    systems, subset = _tables(frame, scored, teacher_scores, slices)
+    results: dict[str, Any] = {
+        **_evaluated(config, dataset, frame),
+        "command": command or reproduce_command(["evaluate"]),
+        "teacher_labels": str(teacher_labels) if teacher_scores is not None else None,
+        "latency": _latency(settings, len(sample)),
+        "slices": slices.describe(),
+        "slice_sizes": {
+            name: int(frame["query_key"][mask].nunique())
+            for name, mask in slices.masks(frame["query"].tolist()).items()
+        },
+        "systems": [s.to_dict() for s in systems],
+        "teacher_subset": subset,
+        "config": config.to_dict(),
+    }
+    results["findings"] = findings(results)
+    _write(config, results)
+    return results
+
+
+def _tables(
+    frame: pd.DataFrame,
+    scored: list[Scored],
+    teacher_scores: np.ndarray | None,
+    slices: LongTailSlices,
+) -> tuple[list[SystemResult], dict[str, Any] | None]:
+    """Rows on the whole split and, when the teacher labeled a sample only, on that sample."""
+
+    def result(s: Scored, rows: np.ndarray, with_slices: bool) -> SystemResult:
+        part = frame[rows].reset_index(drop=True)
+        teacher = None if teacher_scores is None or s.kind == "teacher" else teacher_scores[rows]
+        return SystemResult(
+            name=s.name,
+            kind=s.kind,
+            metrics=ranking_metrics(part, s.scores[rows], teacher, calibrated=s.calibrated),
+            slices=slice_metrics(part, s.scores[rows], slices) if with_slices else {},
+            latency_ms_per_pair=s.latency_ms_per_pair,
+            augment_pairs=s.augment_pairs,
+            labels_from=s.labels_from,
+            validation_pairwise_accuracy=s.validation_pairwise_accuracy,
+            notes=s.notes,
+        )
+
+    everything = np.ones(len(frame), dtype=bool)
+    covered = np.zeros(len(frame), dtype=bool)
+    if teacher_scores is not None:
+        # Whole queries only: a query the labeling stopped inside is left out.
+        labeled = pd.Series(~np.isnan(teacher_scores), index=frame.index)
+        covered = labeled.groupby(frame["query_key"]).transform("all").to_numpy()
+    full_coverage = bool(covered.all())
+    systems = [
+        result(s, everything, with_slices=True)
+        for s in scored
+        if s.kind != "teacher" or full_coverage
+    ]
+    subset = None
+    if covered.any() and not full_coverage:
+        subset = {
+            "queries": int(frame["query_key"][covered].nunique()),
+            "pairs": int(covered.sum()),
+            "systems": [result(s, covered, with_slices=False).to_dict() for s in scored],
+        }
+    return systems, subset
+
+
+def _evaluated(config: TrainConfig, dataset: Dataset, frame: pd.DataFrame) -> dict[str, Any]:
+    """What was evaluated: the split, its size and the data file."""
+    return {
+        "split": config.evaluate.split,
+        "pairs": len(frame),
+        "queries": int(frame["query_key"].nunique()),
+        "data": dataset.describe(config) | {"file": str(config.paths.data)},
+    }
+
+
+def _latency(settings: EvaluateConfig, pairs: int) -> dict[str, Any]:
+    """How the latency column was measured."""
+    teacher_pairs = min(settings.teacher_latency_pairs, pairs)
+    return {
+        "pairs": pairs,
+        "teacher_pairs": teacher_pairs,
+        "batch_size": settings.batch_size,
+        "threads": settings.threads,
+        "description": (
+            f"wall time to score a fixed sample of {pairs} {settings.split} pairs "
+            f"(the teacher: the first {teacher_pairs} "
+            f"of them) in batches of {settings.batch_size} with {settings.threads} CPU "
+            "thread(s), PyTorch FP32 unless the row says ONNX, divided by the number of "
+            "pairs."
+        ),
+    }
+
+
+def _write(config: TrainConfig, results: dict[str, Any]) -> None:
+    split = results["split"]
+    out_dir = config.path("runs_dir") / "evaluation"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / f"{split}.json").write_text(json.dumps(results, indent=2, default=float) + "\n")
+    docs = config.path("docs_dir")
+    stem = "evaluation" if split == "test" else f"evaluation-{split}"
+    plot = plot_curve(results, docs / f"{stem}_curve.png")
+    (docs / f"{stem}.md").write_text(render_markdown(results, plot.name))
+    logger.info("report written to %s", docs / f"{stem}.md")

@@ -1,0 +1,231 @@
+"""Every system the evaluation compares, scored on the evaluation split (before metrics).
+
+BM25 and the zero-shot embedding cosine (baselines), each finished student run, the
+committee teacher of each committee student (the mean of its members' scores), the
+served default package (as the service runs it) and the teacher's cached labels.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from training.artifacts import (
+    Dataset,
+    curve_sizes,
+    finished_runs,
+    read_run,
+    run_name,
+    students_dir,
+)
+from training.config import TrainConfig
+from training.evaluation.baselines import latency_ms_per_pair
+from training.evaluation.report import committee_row_name, student_row_name
+from training.label import read_labels
+
+logger = logging.getLogger(__name__)
+
+
+def teacher_scores_for(frame: pd.DataFrame, labels_file: Path | None) -> np.ndarray | None:
+    """Teacher scores aligned to ``frame``'s rows, NaN where the file has no label."""
+    if labels_file is None or not labels_file.is_file():
+        return None
+    labels = read_labels(labels_file).loc[:, ["query_key", "product_id", "teacher_score"]]
+    merged = frame.loc[:, ["query_key", "product_id"]].merge(
+        labels, on=["query_key", "product_id"], how="left"
+    )
+    scores = merged["teacher_score"].to_numpy(dtype=np.float64)
+    return scores if not np.isnan(scores).all() else None
+
+
+@dataclass
+class Scored:
+    """One system's scores on the evaluation split, before metrics."""
+
+    name: str
+    kind: str
+    scores: np.ndarray
+    calibrated: bool
+    latency_ms_per_pair: float | None = None
+    augment_pairs: int | None = None
+    # Who labeled the augmentation pairs: "teacher" (the LLM), "committee" or None.
+    labels_from: str | None = None
+    validation_pairwise_accuracy: float | None = None
+    notes: str = ""
+
+
+def score_systems(
+    config: TrainConfig, dataset: Dataset, frame: pd.DataFrame, sample: pd.DataFrame
+) -> list[Scored]:
+    """BM25, zero-shot embedding cosine, every trained student, committees and the package."""
+    from training.evaluation.baselines import BM25Scorer, EmbeddingCosineScorer
+    from training.student import load_student, predict_scores
+
+    batch = config.evaluate.batch_size
+    queries, titles = frame["query"].tolist(), frame["title"].tolist()
+    lat_queries, lat_titles = sample["query"].tolist(), sample["title"].tolist()
+    lat_ids, lat_n = sample["product_id"].tolist(), len(sample)
+    scored = []
+
+    bm25 = BM25Scorer(dataset.products)
+    scored.append(
+        Scored(
+            "BM25",
+            "baseline",
+            bm25.score(queries, frame["product_id"].tolist()),
+            calibrated=False,
+            latency_ms_per_pair=latency_ms_per_pair(
+                lambda rows: bm25.score(lat_queries[rows], lat_ids[rows]), lat_n, batch
+            ),
+            notes="bm25s over all catalogue titles; its latency includes scoring the whole "
+            "catalogue for each query",
+        )
+    )
+    cosine = EmbeddingCosineScorer(config.evaluate.embedding_backbone, batch_size=batch)
+    scored.append(
+        Scored(
+            "MiniLM embedding cosine (zero-shot)",
+            "baseline",
+            cosine.score(queries, titles),
+            calibrated=False,
+            latency_ms_per_pair=latency_ms_per_pair(
+                lambda rows: cosine.score(lat_queries[rows], lat_titles[rows]), lat_n, batch
+            ),
+            notes="mean-pooled, normalised embeddings of query and title (no training)",
+        )
+    )
+    # Every finished run under runs/students/: the curve's sizes, any other size trained
+    # with `distill --size N`, and committee students.
+    records = finished_runs(config)
+    for size in sorted({0, *curve_sizes(config, dataset)} - {r["augment_pairs"] for r in records}):
+        logger.warning("student %s not trained yet; left out of the evaluation", run_name(size))
+    records.sort(key=lambda r: (r.get("labels_from") == "committee", r["augment_pairs"]))
+    for record in records:
+        model, tokenizer = load_student(
+            students_dir(config) / record["name"], config.student.max_length
+        )
+        labels_from = record.get("labels_from", "teacher") if record["augment_pairs"] else None
+        scored.append(
+            Scored(
+                student_row_name(record["name"]),
+                "student",
+                predict_scores(model, tokenizer, queries, titles, batch),
+                calibrated=True,
+                augment_pairs=record["augment_pairs"],
+                labels_from=labels_from,
+                validation_pairwise_accuracy=record["validation_pairwise_accuracy"],
+                latency_ms_per_pair=latency_ms_per_pair(
+                    lambda rows, m=model, tok=tokenizer: predict_scores(
+                        m, tok, lat_queries[rows], lat_titles[rows], batch
+                    ),
+                    lat_n,
+                    batch,
+                ),
+                notes=(
+                    "labels of the augmentation pairs: mean score of the committee "
+                    + ", ".join(record["committee"])
+                    if labels_from == "committee"
+                    else ""
+                ),
+            )
+        )
+        logger.info("scored %s", scored[-1].name)
+    by_name = {s.name: s for s in scored}
+    for record in records:
+        if record.get("labels_from") != "committee":
+            continue
+        members = [by_name.get(student_row_name(name)) for name in record["committee"]]
+        if any(m is None for m in members):
+            logger.warning("a member of %s's committee is missing; no teacher row", record["name"])
+            continue
+        scored.append(
+            Scored(
+                committee_row_name(record["name"]),
+                "committee",
+                np.mean([m.scores for m in members], axis=0),
+                calibrated=True,
+                latency_ms_per_pair=sum(m.latency_ms_per_pair or 0.0 for m in members),
+                notes=f"mean score of {', '.join(record['committee'])}: the labels "
+                f"{record['name']} learned from",
+            )
+        )
+    scored.extend(score_package(config, frame, sample))
+    return scored
+
+
+def score_package(config: TrainConfig, frame: pd.DataFrame, sample: pd.DataFrame) -> list[Scored]:
+    """The shipped default package, as the service runs it, when one verifies."""
+    from service.model_package import ModelPackageError
+    from training.evaluation.baselines import PackageScorer
+
+    try:
+        package = PackageScorer(
+            config.default_package_dir, config.evaluate.threads, config.evaluate.batch_size
+        )
+    except ModelPackageError as exc:
+        logger.info("no served package row: %s", exc)
+        return []
+    lat_queries, lat_titles = sample["query"].tolist(), sample["title"].tolist()
+    source = package.manifest.provenance.get("student", {})
+    run = source.get("run", "?")
+    notes = (
+        f"exported from the student run {run} (fingerprint {source.get('fingerprint', '?')}); "
+        "its numbers are those of the package on disk when this report was made"
+    )
+    on_disk = read_run(students_dir(config) / run)
+    if on_disk and on_disk.get("fingerprint") != source.get("fingerprint"):
+        # A run retrained with other settings keeps its name: the student row above is
+        # then another training than the one this package came from.
+        notes += (
+            f"; the run {run} now on disk is another training (fingerprint "
+            f"{on_disk.get('fingerprint')}), so its row is not this package's FP32 source"
+        )
+    return [
+        Scored(
+            package.name,
+            "package",
+            package.score(frame["query"].tolist(), frame["title"].tolist()),
+            calibrated=True,
+            latency_ms_per_pair=latency_ms_per_pair(
+                lambda rows: package.score(lat_queries[rows], lat_titles[rows]),
+                len(sample),
+                config.evaluate.batch_size,
+            ),
+            notes=notes,
+        )
+    ]
+
+
+def teacher_latency(config: TrainConfig, sample: pd.DataFrame) -> float | None:
+    count = min(config.evaluate.teacher_latency_pairs, len(sample))
+    if not count or not (config.teacher_package_dir / "manifest.json").is_file():
+        return None
+    from relevance_core.teacher import load_teacher
+
+    teacher = load_teacher(
+        config.teacher_package_dir, config.path("teacher_cache_dir"), config.evaluate.threads
+    )
+    queries, titles = sample["query"].tolist(), sample["title"].tolist()
+    return latency_ms_per_pair(
+        lambda rows: teacher.score(queries[rows], titles[rows]), count, config.evaluate.batch_size
+    )
+
+
+def teacher_row(
+    config: TrainConfig, scores: np.ndarray, labels_file: Path, sample: pd.DataFrame
+) -> Scored:
+    """The teacher, from its cached labels (its latency measured on the package when present)."""
+    from training.artifacts import teacher_label_id
+
+    return Scored(
+        f"teacher ({teacher_label_id(config)})",
+        "teacher",
+        scores,
+        calibrated=True,
+        latency_ms_per_pair=teacher_latency(config, sample),
+        notes=f"scores from the label cache {labels_file}",
+    )
