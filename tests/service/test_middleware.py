@@ -9,6 +9,7 @@ from collections.abc import Callable
 from apitools import metric, run, serving
 from fastapi import FastAPI
 
+from service.admission import ThroughputForecast
 from service.middleware import LoopLag
 
 QUERY = "angle bracket"
@@ -72,5 +73,28 @@ def test_loop_lag_shedding(make_app: Callable[..., FastAPI]) -> None:
             assert lag.lag_s < 0.05
             r = await client.post("/score", json={"query": QUERY, "items": ["a"]})
             assert r.status_code == 200
+
+    run(body)
+
+
+def test_saturated_admission_sheds_at_the_door_with_its_retry_after(
+    make_app: Callable[..., FastAPI],
+) -> None:
+    app = make_app()
+
+    async def body() -> None:
+        async with serving(app) as client:
+            admission = app.state.admission
+            admission.forecast = ThroughputForecast()
+            admission.forecast.seed(100.0)  # 300 pairs ahead: 3 s, past the 0.6 s budget
+            with admission.reserve(300):
+                r = await client.post("/score", content=b"not even JSON")  # body never read
+                assert r.status_code == 429 and r.headers["Retry-After"] == "3"
+                assert "300 pairs queued, past the latency budget" in r.json()["error"]
+                # Only the scoring endpoints are shed; the teacher has its own slots.
+                shadow = await client.post("/shadow/score", json={"query": "a", "items": ["b"]})
+                assert shadow.status_code == 503
+            ok = await client.post("/score", json={"query": QUERY, "items": ["a"]})
+            assert ok.status_code == 200
 
     run(body)

@@ -14,7 +14,7 @@ from apitools import make_texts
 
 from service.features import collate, load_tokenizer, tokenize_pairs
 from service.model_package import MANIFEST_NAME, load_package
-from service.onnx_scorer import CPU, OnnxScorer, is_batch_invariant
+from service.scorers.cross_encoder import CPU, OnnxScorer, is_batch_invariant
 
 
 def pairs_for(package_dir: Path, n: int = 24):
@@ -59,7 +59,7 @@ def test_cuda_request_without_cuda_falls_back_with_one_log_line(
     if "CUDAExecutionProvider" in ort.get_available_providers():
         pytest.skip("this machine has CUDA")
     package = load_package(tiny_model_package)
-    with caplog.at_level(logging.WARNING, logger="service.onnx_scorer"):
+    with caplog.at_level(logging.WARNING, logger="service.scorers.cross_encoder"):
         scorer = OnnxScorer.load(package, provider="cuda")
     assert scorer.provider == CPU and scorer.variant == "int8"
     lines = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
@@ -70,7 +70,7 @@ def test_cuda_request_without_cuda_falls_back_with_one_log_line(
 def test_explicit_int8_runs_and_is_flagged(
     dynamic_int8_package: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    with caplog.at_level(logging.WARNING, logger="service.onnx_scorer"):
+    with caplog.at_level(logging.WARNING, logger="service.scorers.cross_encoder"):
         scorer = OnnxScorer.load(load_package(dynamic_int8_package), variant="int8")
     assert scorer.variant == "int8" and not scorer.batch_invariant
     assert any("not batch-invariant" in r.getMessage() for r in caplog.records)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 
-from apitools import run, serving
+import httpx
+from apitools import metric, run, serving
 from fastapi import FastAPI
 
 
@@ -29,8 +31,43 @@ def test_health_ready_info_metrics(make_app: Callable[..., FastAPI]) -> None:
                 "process_cpu_seconds_total",
             ):
                 assert name in r.text
-        # After shutdown the app no longer claims to be ready.
-        assert app.state.engine is None
+            load = info["load"]
+            assert load["reserved_pairs"] == 0 and load["measured_pairs_per_s"] > 0
+        # After shutdown the app no longer claims to be ready, nor scores.
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+            r = await client.get("/readyz")
+            assert r.status_code == 503 and r.json()["status"] != "ready"
+            r = await client.post("/score", json={"query": "drill", "items": ["a"]})
+            assert r.status_code == 503 and r.json()["error_type"] == "unavailable"
+            assert (await client.get("/info")).json()["load"]["reserved_pairs"] is None
+            assert (await client.get("/healthz")).status_code == 200  # the process still answers
+
+    run(body)
+
+
+def test_readiness_turns_off_while_draining_and_accepted_work_finishes(
+    make_app: Callable[..., FastAPI],
+) -> None:
+    # A lone pair waits max_wait_ms for company: long enough to look at readiness meanwhile.
+    app = make_app(max_wait_ms=500, max_batch_size=64)
+
+    async def body() -> None:
+        async with serving(app) as client:
+            held = asyncio.create_task(client.post("/score", json={"query": "a", "items": ["b"]}))
+            for _ in range(500):
+                if app.state.admission.reserved_pairs == 1:
+                    break
+                await asyncio.sleep(0.001)
+            stopping = asyncio.create_task(app.state.engine.stop(timeout_s=30))
+            await asyncio.sleep(0)
+            r = await client.get("/readyz")
+            assert r.status_code == 503 and r.json() == {"status": "draining"}
+            refused = await client.post("/score", json={"query": "a", "items": ["c"]})
+            assert refused.status_code == 503
+            assert (await held).status_code == 200  # accepted before the drain: answered
+            await stopping
+            assert metric(app, "relevance_ready") == 0
 
     run(body)
 
