@@ -96,12 +96,12 @@ class EmbeddingCosineScorer:
 
 
 class PackageScorer:
-    """A model package scored the way the service scores it (``service.onnx_scorer``, CPU)."""
+    """A model package scored as the service scores it (``service.scorers.cross_encoder``)."""
 
     def __init__(self, package_dir: Path, threads: int, batch_size: int = 32) -> None:
         from service.features import load_tokenizer
         from service.model_package import load_package
-        from service.onnx_scorer import OnnxScorer
+        from service.scorers.cross_encoder import OnnxScorer
 
         package = load_package(package_dir)
         self.manifest = package.manifest
