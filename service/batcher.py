@@ -119,15 +119,9 @@ class MicroBatcher:
         """
         self._closing = True
         self._wakeup.set()
-        if self._task is not None:
-            done, _ = await asyncio.wait({self._task}, timeout=timeout_s)
-            if not done:
-                log.warning("shutdown timeout: failing %d unfinished pairs", self._pending_pairs)
-                self._task.cancel()
-                await asyncio.gather(self._task, return_exceptions=True)
-                self._end_worker(NotReady("the server is shutting down"))
-            elif not self._task.cancelled() and self._task.exception() is not None:
-                log.error("batcher task failed", exc_info=self._task.exception())
+        if self._task is not None and not await finish(self._task, timeout_s):
+            log.warning("shutdown timeout: failing %d unfinished pairs", self._pending_pairs)
+            self._end_worker(NotReady("the server is shutting down"))
         self._fail_all(NotReady("the server is shutting down"))
         if self._prepare_pool is not None:
             self._prepare_pool.shutdown(wait=False, cancel_futures=True)
@@ -378,6 +372,21 @@ class MicroBatcher:
     def _gauge_queue(self) -> None:
         if self._metrics is not None:
             self._metrics.queue_depth.set(self._pending_pairs)
+
+
+async def finish(task: asyncio.Task[None], timeout_s: float) -> bool:
+    """Let a background task end (up to ``timeout_s``), else cancel it; False if cancelled.
+
+    A task that ended by raising is logged: nobody else awaits it.
+    """
+    done, _ = await asyncio.wait({task}, timeout=timeout_s)
+    if not done:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        return False
+    if not task.cancelled() and task.exception() is not None:
+        log.error("%s failed", task.get_name(), exc_info=task.exception())
+    return True
 
 
 def fail(items: Sequence[Pending], error: Exception) -> None:

@@ -17,7 +17,15 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from service.batcher import Batch, BatchResult, MicroBatcher, Pending, PendingRequest, fail
+from service.batcher import (
+    Batch,
+    BatchResult,
+    MicroBatcher,
+    Pending,
+    PendingRequest,
+    fail,
+    finish,
+)
 from service.errors import InferenceFailed
 from service.metrics import Metrics
 
@@ -63,13 +71,8 @@ class InferenceWorker:
 
     async def stop(self, timeout_s: float = 30.0) -> None:
         """Wait (up to ``timeout_s``) for the batcher's last batch, then release the thread."""
-        if self._task is not None:
-            done, _ = await asyncio.wait({self._task}, timeout=timeout_s)
-            if not done:
-                self._task.cancel()
-                await asyncio.gather(self._task, return_exceptions=True)
-            elif not self._task.cancelled() and self._task.exception() is not None:
-                log.error("inference task failed", exc_info=self._task.exception())
+        if self._task is not None and not await finish(self._task, timeout_s):
+            log.warning("shutdown timeout: the batch in the model was abandoned")
         if self._pool is not None:
             self._pool.shutdown(wait=False, cancel_futures=True)
         self._task = None
