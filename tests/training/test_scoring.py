@@ -10,8 +10,9 @@ import pytest
 from service.features import encode_pairs, load_tokenizer
 from training.scoring import length_order, score_pairs
 
-QUERIES = ["a", "bb bb", "c", "dddd dddd dddd"]
-TEXTS = ["one", "two two", "three three three", "four"]
+# By length the pairs run 2, 1, 3, 0: not their input order.
+QUERIES = ["dddd dddd dddd", "bb bb", "a", "c"]
+TEXTS = ["four four", "two two", "one", "three three three"]
 
 
 def test_score_pairs_batches_in_order_and_returns_input_order(tiny_student_dir: Path) -> None:
@@ -24,6 +25,7 @@ def test_score_pairs_batches_in_order_and_returns_input_order(tiny_student_dir: 
         return batch["attention_mask"].sum(axis=1).astype(np.float32)
 
     order = length_order(QUERIES, TEXTS)
+    assert order.tolist() == [2, 1, 3, 0]
     logits = score_pairs(run, tokenizer, QUERIES, TEXTS, batch_size=3, order=order)
     expected = [
         encode_pairs(tokenizer, [q], [t])["attention_mask"].sum()
