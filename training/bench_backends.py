@@ -29,8 +29,9 @@ from typing import Any
 
 import numpy as np
 
-from service.features import encode_pairs, load_tokenizer
+from service.features import load_tokenizer
 from service.model_package import load_package
+from training.scoring import encoded_batches
 
 logger = logging.getLogger(__name__)
 
@@ -129,10 +130,7 @@ def run_benchmark(
     tokenizer = load_tokenizer(package.tokenizer_path, manifest.max_length)
     queries, texts = [p[0] for p in pairs], [p[1] for p in pairs]
     by_size = {
-        bs: [
-            encode_pairs(tokenizer, queries[i : i + bs], texts[i : i + bs])
-            for i in range(0, len(pairs), bs)
-        ]
+        bs: [batch for _, batch in encoded_batches(tokenizer, queries, texts, bs)]
         for bs in batch_sizes
     }
     factories: list[Callable[[], Backend]] = [lambda: _pytorch_backend(model_dir, threads)]

@@ -2,13 +2,14 @@
 
 Student inference, committee labeling, the export's reference and candidate scoring and
 the evaluation of a model package all go through :func:`score_pairs`, with the backend
-as a ``run`` callable that maps one ``encode_pairs`` batch to one logit per pair. Torch-free:
-a torch backend wraps its model in ``run`` itself.
+as a ``run`` callable that maps one ``encode_pairs`` batch to one logit per pair; the
+backend benchmark takes the same batches from :func:`encoded_batches` and times only
+``run``. Torch-free: a torch backend wraps its model in ``run`` itself.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 from tokenizers import Tokenizer
@@ -24,6 +25,23 @@ def length_order(queries: Sequence[str], texts: Sequence[str]) -> np.ndarray:
     return np.argsort([len(q) + len(t) for q, t in zip(queries, texts, strict=True)], kind="stable")
 
 
+def encoded_batches(
+    tokenizer: Tokenizer,
+    queries: Sequence[str],
+    texts: Sequence[str],
+    batch_size: int,
+    order: np.ndarray | None = None,
+) -> Iterator[tuple[np.ndarray, dict[str, np.ndarray]]]:
+    """``(rows, batch)``: the pairs in ``order`` (default: input order), ``batch_size`` at a
+    time, each batch padded to its longest pair by ``encode_pairs`` as the service pads."""
+    if len(queries) != len(texts):
+        raise ValueError(f"got {len(queries)} queries for {len(texts)} texts")
+    rows_in_order = np.arange(len(texts)) if order is None else np.asarray(order)
+    for start in range(0, len(rows_in_order), batch_size):
+        rows = rows_in_order[start : start + batch_size]
+        yield rows, encode_pairs(tokenizer, [queries[i] for i in rows], [texts[i] for i in rows])
+
+
 def score_pairs(
     run: RunBatch,
     tokenizer: Tokenizer,
@@ -32,18 +50,9 @@ def score_pairs(
     batch_size: int,
     order: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Logits (float32) of every pair, in input order.
-
-    Pairs are batched in ``order`` (default: input order), ``batch_size`` at a time, each
-    batch padded to its longest pair by ``encode_pairs``, exactly as the service pads.
-    """
-    if len(queries) != len(texts):
-        raise ValueError(f"got {len(queries)} queries for {len(texts)} texts")
-    rows_in_order = np.arange(len(texts)) if order is None else np.asarray(order)
+    """Logits (float32) of every pair, in input order, batched by :func:`encoded_batches`."""
     out = np.zeros(len(texts), dtype=np.float32)
-    for start in range(0, len(rows_in_order), batch_size):
-        rows = rows_in_order[start : start + batch_size]
-        batch = encode_pairs(tokenizer, [queries[i] for i in rows], [texts[i] for i in rows])
+    for rows, batch in encoded_batches(tokenizer, queries, texts, batch_size, order):
         out[rows] = np.asarray(run(batch), dtype=np.float32).reshape(-1)
     return out
 
