@@ -65,11 +65,9 @@ class TeacherResult:
 class Backend(Protocol[R]):
     """Something that scores a call: the student engine or the teacher shadow."""
 
-    # Whether a call without deadline_ms gets RELEVANCE_DEFAULT_DEADLINE_MS (the teacher
-    # has its own timeout and is slow by design).
-    default_deadline: bool
-
-    def score(self, call: ScoringCall, deadline: float | None) -> Awaitable[R]: ...
+    def score(self, call: ScoringCall, deadline: float) -> Awaitable[R]:
+        """Scores for ``call``; ``deadline`` is a ``time.monotonic()`` instant."""
+        ...
 
     def account(self, result: R, outside_s: float) -> None:
         """Told how long the request spent outside the backend (parse, answer)."""
@@ -79,13 +77,10 @@ class Backend(Protocol[R]):
 class StudentBackend:
     """The student model through the engine; admission learns each request's overhead."""
 
-    default_deadline = True
-
     def __init__(self, engine: ScoringEngine) -> None:
         self.engine = engine
 
-    async def score(self, call: ScoringCall, deadline: float | None) -> EngineResult:
-        assert deadline is not None
+    async def score(self, call: ScoringCall, deadline: float) -> EngineResult:
         return await self.engine.score(
             call.query, call.texts, deadline=deadline, truncate=call.truncate
         )
@@ -98,16 +93,15 @@ class StudentBackend:
 class TeacherBackend:
     """The LLM teacher; it has its own slots and timeout, so admission does not see it."""
 
-    default_deadline = False
-
     def __init__(self, shadow: TeacherShadow, limits: TextLimits) -> None:
         self.shadow = shadow
         self.limits = limits
 
-    async def score(self, call: ScoringCall, deadline: float | None) -> TeacherResult:
+    async def score(self, call: ScoringCall, deadline: float) -> TeacherResult:
         query, texts, _ = self.limits.apply(call.query, call.texts, call.truncate)
         scoring: Awaitable[np.ndarray] = self.shadow.score(query, texts)
-        if deadline is not None:
+        if call.deadline_ms is not None:
+            # Without one, the shadow's own timeout governs (the teacher is slow by design).
             scoring = _within(scoring, deadline - time.monotonic())
         return TeacherResult(query, texts, await scoring)
 
@@ -130,7 +124,7 @@ async def serve(
         raise PayloadTooLarge(
             f"{name}: {len(call.texts)} items exceed the limit of {call.max_items}", field=name
         )
-    deadline = deadline_for(settings, arrived, call.deadline_ms, backend.default_deadline)
+    deadline = deadline_for(settings, arrived, call.deadline_ms)
     started = time.monotonic()
     try:
         result = await until_disconnect(request, backend.score(call, deadline))
@@ -142,17 +136,13 @@ async def serve(
     return out
 
 
-def deadline_for(
-    settings: Settings, arrived: float, deadline_ms: int | None, default: bool = True
-) -> float | None:
+def deadline_for(settings: Settings, arrived: float, deadline_ms: int | None) -> float:
     """The request's ``time.monotonic()`` deadline, counted from its arrival."""
     if deadline_ms is not None and deadline_ms > settings.max_deadline_ms:
         raise InvalidInput(
             f"deadline_ms: {deadline_ms} exceeds the limit of {settings.max_deadline_ms}",
             field="deadline_ms",
         )
-    if deadline_ms is None and not default:
-        return None
     return arrived + (deadline_ms or settings.default_deadline_ms) / 1000
 
 

@@ -71,6 +71,48 @@ def test_shadow_endpoint_uses_the_teacher(make_app: Callable[..., FastAPI]) -> N
     run(body)
 
 
+def test_shadow_endpoint_holds_the_same_limits_and_names_fields_like_score(
+    make_app: Callable[..., FastAPI], tmp_path: Path
+) -> None:
+    teacher = FakeTeacher()
+    output = tmp_path / "pairs.jsonl"
+    app = make_app(
+        teacher_loader=lambda: teacher,
+        max_text_chars=100,
+        shadow_max_items=3,
+        shadow_mirror_rate=1.0,
+        shadow_output=output,
+    )
+    long_text = "x" * 150
+
+    async def body() -> None:
+        async with serving(app) as client:
+            assert await app.state.shadow.wait_loaded(10)
+            payload = {"query": QUERY, "items": ["a", long_text]}
+            r = await client.post("/shadow/score", json=payload)
+            # The teacher saw the text cut to 100 characters: its score is len / 200.
+            assert r.status_code == 200 and r.json()["scores"][1]["score"] == 0.5
+            r = await client.post("/shadow/score", json={**payload, "truncate": False})
+            assert r.status_code == 413 and r.json()["field"] == "items[1].text"
+            r = await client.post("/shadow/score", json={"query": QUERY, "items": ["a"] * 4})
+            assert r.status_code == 413 and r.json()["field"] == "items"
+            r = await client.post(
+                "/shadow/score", json={"query": QUERY, "items": ["a"], "deadline_ms": 10**7}
+            )
+            assert r.status_code == 422 and r.json()["field"] == "deadline_ms"
+            # /score mirrors what it scored: the cut text, not the one sent.
+            assert (await client.post("/score", json=payload)).status_code == 200
+            for _ in range(200):
+                if output.exists() and len(output.read_text().splitlines()) == 2:
+                    break
+                await asyncio.sleep(0.01)
+        mirrored = [json.loads(line) for line in output.read_text().splitlines()]
+        assert [m["text"] for m in mirrored] == ["a", "x" * 100]
+        assert mirrored[1]["teacher_score"] == 0.5
+
+    run(body)
+
+
 def test_missing_or_broken_teacher_is_503_and_score_still_works(
     make_app: Callable[..., FastAPI],
 ) -> None:
