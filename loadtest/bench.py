@@ -339,7 +339,7 @@ def measure_ceiling(
     """
     from service.features import encode_pairs, load_tokenizer
     from service.model_package import load_package
-    from service.onnx_scorer import OnnxScorer
+    from service.scorers import OnnxScorer
 
     package = load_package(model)
     tokenizer = load_tokenizer(package.tokenizer_path, package.manifest.max_length)
