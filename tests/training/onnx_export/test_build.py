@@ -6,6 +6,7 @@ import json
 import shutil
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -34,6 +35,13 @@ from .samples import (
 )
 
 PLAIN_FP32 = RECIPES["fp32"][-1:]
+
+
+def _export(student: Path, out: Path, **options: Any) -> Path:
+    """``export_package`` named after ``out``, version 1, the tests' max_length."""
+    return export_package(
+        student, out, name=out.name, version="1", max_length=MAX_LENGTH, **options
+    )
 
 
 def test_package_has_all_variants_and_dynamic_axes(tiny_model_package: Path) -> None:
@@ -74,12 +82,9 @@ def test_reduced_variants_score_close_to_fp32(tiny_model_package: Path) -> None:
 def test_int8_built_with_validation_pairs_keeps_the_fp32_ranking(
     tiny_student_dir: Path, tmp_path: Path
 ) -> None:
-    out = export_package(
+    out = _export(
         tiny_student_dir,
         tmp_path / "validated",
-        name="validated",
-        version="1",
-        max_length=MAX_LENGTH,
         variants=("fp32", "int8"),
         validation_pairs=VALIDATION,
         calibration_pairs=PAIRS + VALIDATION_TEXT_PAIRS,
@@ -129,12 +134,9 @@ def test_export_skips_failing_recipes_and_drops_failing_variants(
     out_dir.mkdir(parents=True)
     (out_dir / "model.fp16.onnx").write_bytes(b"stale graph from an older export")
 
-    export_package(
+    _export(
         tiny_student_dir,
         out_dir,
-        name="pkg",
-        version="1",
-        max_length=MAX_LENGTH,
         validation_pairs=VALIDATION,
         extra_manifest={"evaluation": {"ndcg@10": 0.5}, "provenance": {"run": "test"}},
         recipes=recipes,
@@ -163,12 +165,9 @@ def test_export_skips_failing_recipes_and_drops_failing_variants(
 
 def test_export_fails_when_fp32_fails(tiny_student_dir: Path, tmp_path: Path) -> None:
     with pytest.raises(ExportError, match="no FP32 graph passed parity"):
-        export_package(
+        _export(
             tiny_student_dir,
             tmp_path / "pkg",
-            name="pkg",
-            version="1",
-            max_length=MAX_LENGTH,
             variants=("fp32",),
             recipes={"fp32": [_recipe("shifted", shift_bias)]},
         )
@@ -184,7 +183,7 @@ def test_export_refuses_a_student_with_several_labels(
     config["id2label"] = {"0": "a", "1": "b", "2": "c"}
     (student / "config.json").write_text(json.dumps(config))
     with pytest.raises(ExportError, match="num_labels=1"):
-        export_package(student, tmp_path / "pkg", name="x", version="1", max_length=MAX_LENGTH)
+        _export(student, tmp_path / "pkg")
     with pytest.raises(ExportError, match="non-empty subset"):
         export_package(
             tiny_student_dir, tmp_path / "p", name="x", version="1", max_length=8, variants=()
@@ -193,12 +192,9 @@ def test_export_refuses_a_student_with_several_labels(
 
 def test_unknown_manifest_key_is_refused(tiny_student_dir: Path, tmp_path: Path) -> None:
     with pytest.raises(ExportError, match="manifest would be invalid"):
-        export_package(
+        _export(
             tiny_student_dir,
             tmp_path / "pkg",
-            name="pkg",
-            version="1",
-            max_length=MAX_LENGTH,
             variants=("fp32",),
             extra_manifest={"colour": "blue"},
         )
@@ -240,12 +236,9 @@ def test_dynamic_int8_is_detected_as_not_batch_invariant(
 
     # The export measures it: a dynamic graph that passes parity is held back while a
     # batch-invariant recipe is left, and is recorded as not batch-invariant.
-    out = export_package(
+    out = _export(
         tiny_student_dir,
         tmp_path / "a",
-        name="a",
-        version="1",
-        max_length=MAX_LENGTH,
         variants=("fp32", "int8"),
         calibration_pairs=VALIDATION_TEXT_PAIRS,
         recipes={"fp32": PLAIN_FP32, "int8": [dynamic, static]},
@@ -259,12 +252,9 @@ def test_dynamic_int8_is_detected_as_not_batch_invariant(
     assert rejected[0]["batch_invariance_max_abs_diff"] > MAX_BATCH_INVARIANCE_DIFF
 
     # With only dynamic recipes it is the last resort: written, flagged, not the CPU default.
-    out = export_package(
+    out = _export(
         tiny_student_dir,
         tmp_path / "b",
-        name="b",
-        version="1",
-        max_length=MAX_LENGTH,
         variants=("fp32", "int8"),
         recipes={"fp32": PLAIN_FP32, "int8": [dynamic]},
     )
