@@ -25,7 +25,7 @@ import torch
 from relevance_core.teacher import format_prompts, load_base
 from training.config import load_config
 from training.data import load_labeled, query_subset, split_by_query
-from training.evaluate import pairwise_accuracy
+from training.evaluation.metrics import pairwise_accuracy
 
 logger = logging.getLogger(__name__)
 
