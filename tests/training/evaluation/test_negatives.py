@@ -37,5 +37,5 @@ def test_random_negatives_are_never_judged_for_their_query_and_deterministic():
 
 def test_irrelevant_share_counts_scores_below_the_partial_threshold():
     assert irrelevant_share(np.array([0.1, 0.2, 0.25, 0.9])) == 0.5
-    assert irrelevant_share(np.array([0.1, 0.3]), threshold=0.5) == 0.5
+    assert irrelevant_share(np.array([0.1, 0.3, 0.6]), threshold=0.5) == 2 / 3
     assert np.isnan(irrelevant_share(np.array([])))
