@@ -30,6 +30,10 @@ DATA_ENV_VAR = "RELEVANCE_TRAIN_DATA"
 CONFIG_FILE_NAME = "train_config.json"
 
 
+# Fields added after runs were cached: at None they leave every fingerprint unchanged.
+_NEUTRAL_WHEN_NONE = (("student", "layers"),)
+
+
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -91,6 +95,9 @@ class StudentConfig(_Section):
     # Mark item tokens that also occur in the query with token type 2 (off by default:
     # the serving path does not compute the mark).
     term_matching: bool = False
+    # Encoder layers kept from the backbone, in order (None: all): a smaller student
+    # starts from chosen layers of a bigger one, e.g. [1, 3, 5] of a distilled L6 run.
+    layers: tuple[int, ...] | None = None
     batch_size: int = Field(32, gt=1)
     # At most this many items of one query in one batch; a query's items are kept
     # together so that margin pairs exist.
@@ -212,6 +219,10 @@ class TrainConfig(_Section):
     def fingerprint(self, *sections: str, extra: Any = None) -> str:
         """Short hash of the named sections (all when none) plus ``extra``: a stage's identity."""
         data = self.to_dict()
+        for section, key in _NEUTRAL_WHEN_NONE:
+            # A knob added later, left at None, keeps the identity of runs made before it.
+            if data[section].get(key, ...) is None:
+                del data[section][key]
         chosen = {name: data[name] for name in (sections or tuple(data))}
         blob = json.dumps([chosen, extra], sort_keys=True, default=str)
         return hashlib.sha256(blob.encode()).hexdigest()[:12]

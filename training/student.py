@@ -76,9 +76,22 @@ def build_student(config: StudentConfig) -> tuple[BertForSequenceClassification,
         )
     finally:
         hf_logging.set_verbosity(previous)
+    if config.layers is not None:
+        keep_encoder_layers(model, config.layers)
     if config.term_matching:
         enable_term_matching(model)
     return model, load_tokenizer(source / "tokenizer.json", config.max_length)
+
+
+def keep_encoder_layers(model: BertForSequenceClassification, layers: Sequence[int]) -> None:
+    """Keep only the encoder layers ``layers`` (in that order), with their trained weights."""
+    encoder = model.bert.encoder.layer
+    if not layers or any(not 0 <= i < len(encoder) for i in layers):
+        raise StudentError(
+            f"layers {list(layers)} must pick from the {len(encoder)} encoder layers"
+        )
+    model.bert.encoder.layer = torch.nn.ModuleList(encoder[i] for i in layers)
+    model.config.num_hidden_layers = len(layers)
 
 
 def enable_term_matching(model: BertForSequenceClassification) -> None:

@@ -12,6 +12,7 @@ from service.features import encode_pairs, load_tokenizer
 from training.config import StudentConfig
 from training.student import (
     TERM_MATCH_TYPE_ID,
+    StudentError,
     build_student,
     load_student,
     mark_term_matches,
@@ -103,3 +104,37 @@ def test_default_student_exports_with_three_inputs(
             predict_scores(model, tokenizer, queries, titles),
             predict_scores(loaded, tokenizer, queries, titles),
         )
+
+
+def test_smaller_student_keeps_the_chosen_layers_of_its_backbone(
+    tiny_student_dir: Path, tmp_path: Path
+) -> None:
+    full, tokenizer = build_student(StudentConfig(backbone=str(tiny_student_dir), seed=4))
+    small, _ = build_student(StudentConfig(backbone=str(tiny_student_dir), seed=4, layers=(1,)))
+    assert len(small.bert.encoder.layer) == 1 and small.config.num_hidden_layers == 1
+    kept, source = small.bert.encoder.layer[0].state_dict(), full.bert.encoder.layer[1]
+    for name, tensor in source.state_dict().items():
+        torch.testing.assert_close(kept[name], tensor)
+    # it runs, differs from the full model, and saves/loads with its one layer
+    queries, titles = ["angle bracket"], ["Simpson angle bracket"]
+    assert not np.allclose(
+        predict_scores(full, tokenizer, queries, titles),
+        predict_scores(small, tokenizer, queries, titles),
+    )
+    save_student(small, str(tiny_student_dir), tmp_path / "small", 64)
+    loaded, _ = load_student(tmp_path / "small", 64)
+    assert loaded.config.num_hidden_layers == 1
+    with pytest.raises(StudentError, match="encoder layers"):
+        build_student(StudentConfig(backbone=str(tiny_student_dir), layers=(5,)))
+
+
+def test_layers_at_none_keep_old_fingerprints() -> None:
+    from training.config import load_config
+
+    base = load_config(environ={})
+    assert base.fingerprint("student") == load_config(
+        overrides={"student": {"layers": None}}, environ={}
+    ).fingerprint("student")
+    assert base.fingerprint("student") != load_config(
+        overrides={"student": {"layers": [0, 2]}}, environ={}
+    ).fingerprint("student")
