@@ -212,7 +212,8 @@ class ScoringEngine:
         with ``truncate`` off), :class:`~service.errors.Overloaded` (refused by admission),
         :class:`~service.errors.DeadlineExceeded`, :class:`~service.errors.NotReady`.
         """
-        # Character limits first: they bound the work a refusal costs.
+        # Character limits before anything else: a 413 comes before a 503 or a 429, and no
+        # later step (admission's count included) sees more than they allow.
         query, cut_texts, truncated = self.encoder.limits.apply(query, texts, truncate)
         if self._tokenize_pool is None or self._closing:
             raise NotReady("the model is not loaded or the server is shutting down")
