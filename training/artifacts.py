@@ -111,7 +111,7 @@ def augmentation_labels_path(config: TrainConfig, dataset: Dataset) -> Path:
 def split_sample(config: TrainConfig, dataset: Dataset, split: str) -> pd.DataFrame:
     """The pairs of a held-out split that the teacher labels (a fixed sample of queries)."""
     frame = dataset.splits[split]
-    if config.label.eval_queries is None:
+    if not config.label.eval_queries:  # None or 0: the whole split
         return frame
     return query_subset(frame, config.label.eval_queries, seed=config.split.seed)
 

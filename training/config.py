@@ -76,10 +76,11 @@ class LabelConfig(_Section):
     """The teacher labeling stage."""
 
     # Human-labeled splits the teacher also scores (the teacher row of the evaluation),
-    # each on a deterministic sample of this many queries (None: the whole split), since
-    # the teacher is slow on a CPU.
+    # each on a deterministic sample of this many queries (None or 0: the whole split),
+    # since the teacher is slow on a CPU. "train" labels the human training pairs too, so
+    # a student can learn margins on the teacher's one scale.
     splits: tuple[str, ...] = ("test",)
-    eval_queries: int | None = Field(250, gt=0)
+    eval_queries: int | None = Field(250, ge=0)
     chunk_size: int = Field(64, gt=0)
     batch_size: int = Field(16, gt=0)
     threads: int = Field(2, gt=0)
