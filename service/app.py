@@ -179,6 +179,7 @@ def create_app(
         for collector in (ProcessCollector, PlatformCollector, GCCollector):
             collector(registry=registry)
     metrics = Metrics(registry, settings.slo_window_s)
+    metrics.queue_capacity.set(settings.max_queue_pairs)
     if teacher_loader is None and settings.teacher_dir is not None:
         teacher_dir, threads = settings.teacher_dir, settings.teacher_threads
 

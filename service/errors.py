@@ -26,6 +26,11 @@ class ServiceError(Exception):
     def headers(self) -> dict[str, str]:
         return {}
 
+    @property
+    def metric_reason(self) -> str:
+        """The ``reason`` label of ``relevance_rejected_requests_total``."""
+        return self.error_type
+
     def body(self) -> dict[str, Any]:
         return {"error": self.message, "error_type": self.error_type, "field": self.field}
 
@@ -81,8 +86,16 @@ class Overloaded(ServiceError):
 
 
 class DeadlineExceeded(ServiceError):
+    """504. ``client_deadline``: the client's own ``deadline_ms`` ran out, not the server's
+    default; counted apart so that alerts page on the server's misses only."""
+
     status_code = 504
     error_type = "deadline_exceeded"
+    client_deadline = False
+
+    @property
+    def metric_reason(self) -> str:
+        return "deadline_exceeded_client" if self.client_deadline else self.error_type
 
 
 class NotReady(ServiceError):

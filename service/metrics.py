@@ -11,7 +11,7 @@ import threading
 import time
 from collections import deque
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Summary
 
 # From 1 ms (one small GPU batch) to 30 s (a teacher call); end-to-end and stage timings.
 LATENCY_BUCKETS_S = (
@@ -156,6 +156,12 @@ class Metrics:
             "Pairs admitted and not yet answered (what the 429 limit counts).",
             registry=r,
         )
+        # Exported so alerts and autoscalers divide by the configured limit, not a constant.
+        self.queue_capacity = Gauge(
+            "relevance_queue_capacity_pairs",
+            "The admission limit on in-flight pairs (RELEVANCE_MAX_QUEUE_PAIRS).",
+            registry=r,
+        )
 
         # SLO
         self.slo_requests = Counter(
@@ -207,6 +213,13 @@ class Metrics:
             "relevance_shadow_spearman",
             "Rank correlation of student and teacher scores per mirrored query.",
             buckets=CORRELATION_BUCKETS,
+            registry=r,
+        )
+        # A histogram with a negative bucket exports no _sum, so the mean agreement (what a
+        # panel and an alert read) comes from this summary's _sum / _count.
+        self.shadow_agreement = Summary(
+            "relevance_shadow_rank_agreement",
+            "Spearman correlation of student and teacher per mirrored query (mean = sum/count).",
             registry=r,
         )
         self.shadow_abs_diff = Histogram(

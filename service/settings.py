@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_MODEL_DIR = Path("models/minilm-homedepot")
@@ -129,6 +129,12 @@ class Settings(BaseSettings):
 
     # Admin endpoints exist only when a token is configured.
     admin_token: SecretStr | None = None
+
+    @field_validator("teacher_dir", mode="before")
+    @classmethod
+    def _empty_means_no_teacher(cls, value: object) -> object:
+        # RELEVANCE_TEACHER_DIR= (set but empty, as `make serve TEACHER_DIR=` gives) is "off".
+        return None if isinstance(value, str) and not value.strip() else value
 
     @model_validator(mode="after")
     def _check_bounds(self) -> Settings:

@@ -268,6 +268,7 @@ class TeacherShadow:
         rho = spearman(student, teacher_scores)
         if rho is not None:
             self._metrics.shadow_spearman.observe(rho)
+            self._metrics.shadow_agreement.observe(rho)
 
     def _append(self, job: MirrorJob, teacher_scores: np.ndarray) -> None:
         assert self._output_path is not None

@@ -130,6 +130,9 @@ async def serve(
         result = await until_disconnect(request, backend.score(call, deadline))
     except InputTooLong as exc:
         raise exc.named(call.fields.text) from None
+    except DeadlineExceeded as exc:
+        exc.client_deadline = call.deadline_ms is not None
+        raise
     ended = time.monotonic()
     out = answer(result)
     backend.account(result, (started - arrived) + (time.monotonic() - ended))

@@ -19,6 +19,10 @@ def test_defaults_and_env_prefix(monkeypatch: pytest.MonkeyPatch) -> None:
     settings = Settings()
     assert settings.max_batch_size == 17 and settings.provider == "cuda"
     assert settings.teacher_dir == Path("/teacher")
+    # set but empty (`make serve TEACHER_DIR=`): no teacher, not the current directory
+    for empty in ("", "  "):
+        monkeypatch.setenv("RELEVANCE_TEACHER_DIR", empty)
+        assert Settings().teacher_dir is None
 
 
 def test_invalid_values_are_refused(monkeypatch: pytest.MonkeyPatch) -> None:

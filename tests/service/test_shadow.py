@@ -272,6 +272,17 @@ def test_mirror_exports_agreement_and_jsonl(
         }
         assert lines[0]["teacher"] == "fake-teacher" and lines[0]["item_id"] == "i0"
         assert metric(app, "relevance_shadow_spearman_count") == 3
+        # the mean agreement the dashboard and the alert read: sum / count of a summary
+        assert metric(app, "relevance_shadow_rank_agreement_count") == 3
+        requests = [lines[i : i + 5] for i in range(0, 15, 5)]  # one mirrored request each
+        rhos = [
+            spearman(
+                np.array([x["student_score"] for x in rows]),
+                np.array([x["teacher_score"] for x in rows]),
+            )
+            for rows in requests
+        ]
+        assert metric(app, "relevance_shadow_rank_agreement_sum") == pytest.approx(sum(rhos))
         assert metric(app, "relevance_shadow_mean_abs_diff_count") == 3
         assert metric(app, "relevance_shadow_mirrored_pairs_total") == 15
 

@@ -353,6 +353,12 @@ def test_expired_deadline_gives_504_and_skips_the_work(make_app: Callable[..., F
             assert metric(app, "relevance_dropped_pairs_total", {"reason": "cancelled"}) == 2
             assert metric(app, "relevance_batch_size_pairs_count") == 0  # nothing ran
             assert metric(app, "relevance_inflight_pairs") == 0
+            # the client's own deadline ran out: counted apart from the server's misses
+            reasons = {
+                reason: metric(app, "relevance_rejected_requests_total", {"reason": reason})
+                for reason in ("deadline_exceeded_client", "deadline_exceeded")
+            }
+            assert reasons == {"deadline_exceeded_client": 1, "deadline_exceeded": 0}
             ok = await client.post(
                 "/score", json={"query": QUERY, "items": ["a"], "deadline_ms": 5000}
             )
