@@ -84,6 +84,8 @@ class TeacherConfig:
     checkpoint_minutes: float = 15.0
     seed: int = 13
     threads: int = 2
+    # "auto": CUDA when torch sees a GPU, else the CPU; or "cpu", "cuda", "cuda:1", ...
+    device: str = "auto"
     prompt_template: str = PROMPT_TEMPLATE
     extra: dict = field(default_factory=dict)
 
@@ -157,6 +159,18 @@ def _base_source(base: str, cache_dir: Path) -> Path:
     return local
 
 
+def resolve_device(name: str):
+    """The torch device for ``name``; a CUDA device torch cannot see is an error, not a fallback."""
+    import torch
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise TeacherError(f"teacher device {name!r} requested but torch sees no CUDA device")
+    return device
+
+
 def truncate_decoder(model, keep_layers: int) -> None:
     """Keep only the lower ``keep_layers`` decoder layers (0 or more than there are: all)."""
     layers = model.config.num_hidden_layers
@@ -189,7 +203,7 @@ def load_base(config: TeacherConfig, cache_dir: Path):
     )
     model.config.pad_token_id = tokenizer.pad_token_id
     truncate_decoder(model, config.keep_layers)
-    return model, tokenizer
+    return model.to(resolve_device(config.device)), tokenizer
 
 
 def length_order(lengths: Sequence[int]) -> np.ndarray:
@@ -218,6 +232,7 @@ class Teacher:
 
         prompts = format_prompts(self.config.prompt_template, queries, texts)
         out = np.zeros((len(prompts), NUM_CLASSES), dtype=np.float32)
+        device = next(self.model.parameters()).device
         with torch.inference_mode():
             for chunk in _chunks(length_order([len(p) for p in prompts]), self.batch_size):
                 encoded = self.tokenizer(
@@ -226,8 +241,9 @@ class Teacher:
                     padding=True,
                     truncation=self.config.max_length is not None,
                     max_length=self.config.max_length,
-                )
-                out[chunk] = torch.softmax(self.model(**encoded).logits.float(), dim=-1).numpy()
+                ).to(device)
+                logits = self.model(**encoded).logits.float()
+                out[chunk] = torch.softmax(logits, dim=-1).cpu().numpy()
         return out
 
     def score(self, queries: Sequence[str], texts: Sequence[str]) -> np.ndarray:
@@ -272,15 +288,24 @@ def default_cache_dir() -> Path:
 
 
 def load_teacher(
-    package_dir: str | Path, cache_dir: str | Path | None = None, threads: int | None = None
+    package_dir: str | Path,
+    cache_dir: str | Path | None = None,
+    threads: int | None = None,
+    device: str | None = None,
 ) -> Teacher:
-    """Load a checksummed teacher package (base weights + LoRA adapter) for scoring."""
+    """Load a checksummed teacher package (base weights + LoRA adapter) for scoring.
+
+    ``device`` overrides the package's (``"auto"`` when it names none): the shadow
+    endpoint passes ``"cpu"``, labeling on a GPU machine leaves it to ``"auto"``.
+    """
     import torch
     from peft import PeftModel
 
     package_dir = Path(package_dir)
     manifest = read_teacher_manifest(package_dir)
     config = TeacherConfig.from_dict(manifest["config"])
+    if device is not None:
+        config.device = device
     if threads:
         torch.set_num_threads(threads)
     cache = Path(cache_dir) if cache_dir else default_cache_dir()

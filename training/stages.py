@@ -14,9 +14,12 @@ skips itself when that output exists and was made from the same inputs:
 - ``committee``: optional second round: the averaged scores of chosen first-round
   students label a larger augmentation set (``labels/committee-<id>/...csv``) and a fresh
   student ``committee-n<N>`` is distilled from them.
+- ``represent``: a representation student (bi-encoder or late interaction, see
+  :mod:`training.representation`) on the human pairs plus the labels
+  ``representation.labels`` names, ``runs/students/<architecture>-n<N>/``.
 
-``distill`` and ``committee`` share one step, :func:`fit_run`: fingerprint -> skip when
-current -> record -> train -> save. ``evaluate`` is :mod:`training.evaluation.stage`,
+``distill``, ``committee`` and ``represent`` share one step, :func:`fit_run`: fingerprint ->
+skip when current -> record -> train -> save. ``evaluate`` is :mod:`training.evaluation.stage`,
 ``export`` :mod:`training.onnx_export.stage`.
 """
 
@@ -66,7 +69,7 @@ logger = logging.getLogger(__name__)
 
 # Teacher settings that change how a run goes, not what it learns: a checkpoint or package
 # made with other values is still the same teacher.
-_TEACHER_RUNTIME_FIELDS = ("threads", "checkpoint_minutes")
+_TEACHER_RUNTIME_FIELDS = ("threads", "checkpoint_minutes", "device")
 
 
 def _teacher_identity(config: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -215,12 +218,15 @@ def fit_run(
     fingerprint: str,
     prepare: Callable[[], tuple[pd.DataFrame | None, dict[str, Any]]],
     force: bool = False,
+    train: Callable[..., dict[str, Any]] | None = None,
 ) -> Path:
     """Train the student run ``name`` unless a finished run with ``fingerprint`` is there.
 
     ``prepare()`` (called only when the run is trained) returns the labeled augmentation
     pairs to add to the human training pairs (``teacher_score``; None for none) and the
-    record fields that describe them. Returns the run directory.
+    record fields that describe them. ``train`` fits and saves the run, with the
+    signature of :func:`training.distill.train_student` (the default). Returns the run
+    directory.
     """
     out_dir = students_dir(config) / name
     previous = read_run(out_dir)
@@ -229,6 +235,7 @@ def fit_run(
         return out_dir
     from training.distill import train_student, training_frame
 
+    train = train or train_student
     labeled, fields = prepare()
     record = {
         "name": name,
@@ -238,7 +245,7 @@ def fit_run(
         "config": config.to_dict(),
     }
     frame = training_frame(dataset.splits["train"], labeled)
-    train_student(frame, dataset.splits["validation"], config.student, config.loss, out_dir, record)
+    train(frame, dataset.splits["validation"], config.student, config.loss, out_dir, record)
     config.save(out_dir / CONFIG_FILE_NAME)
     return out_dir
 
@@ -317,6 +324,50 @@ def stage_committee(config: TrainConfig, force: bool = False) -> Path:
         committee_student_fingerprint(config, dataset, cid, len(labeled)),
         lambda: (labeled, fields),
         force,
+    )
+
+
+def stage_represent(config: TrainConfig, force: bool = False) -> Path:
+    """Train the representation student on the human pairs plus ``representation.labels``."""
+    from relevance_core.hashing import sha256_file
+    from training.representation.runs import (
+        label_source,
+        labeled_pairs,
+        labels_file,
+        representation_fingerprint,
+        representation_run_name,
+    )
+
+    settings = config.representation
+    dataset = load_dataset(config)
+    labeled = labeled_pairs(config, dataset)
+    pairs = 0 if labeled is None else len(labeled)
+    path = labels_file(config)
+    sha = sha256_file(path) if path is not None else None
+    fields = {
+        "architecture": settings.architecture,
+        "augment_pairs": pairs,
+        "labels_from": label_source(config) if pairs else None,
+        "teacher_id": path.parent.name if path is not None else None,
+        "labels_file": settings.labels,
+        "labels_sha256": sha,
+        "augment_version": augment_data_version(config, dataset) if pairs else None,
+        "augment_sources": labeled["source"].value_counts().to_dict() if pairs else {},
+    }
+
+    def train(*args: Any) -> dict[str, Any]:
+        from training.representation.train import train_representation
+
+        return train_representation(*args, settings=settings)
+
+    return fit_run(
+        config,
+        dataset,
+        representation_run_name(settings.architecture, pairs),
+        representation_fingerprint(config, dataset, sha, pairs),
+        lambda: (labeled, fields),
+        force,
+        train=train,
     )
 
 

@@ -201,6 +201,7 @@ def train_teacher(
     work_dir.mkdir(parents=True, exist_ok=True)
     checkpoint = work_dir / "checkpoint"
     model, tokenizer = load_base(config, cache_dir)
+    device = next(model.parameters()).device
     model = add_lora(model, config)
     head_params = [p for n, p in model.named_parameters() if p.requires_grad and "score" in n]
     lora_params = [p for n, p in model.named_parameters() if p.requires_grad and "score" not in n]
@@ -229,7 +230,7 @@ def train_teacher(
         state = json.loads(state_file.read_text())
         set_peft_model_state_dict(model, load_file(checkpoint / "adapter_model.safetensors"))
         optimizer.load_state_dict(torch.load(checkpoint / "optimizer.pt", weights_only=True))
-        torch.set_rng_state(torch.load(checkpoint / "rng.pt", weights_only=True))
+        _restore_rng(torch.load(checkpoint / "rng.pt", weights_only=True))
         step, losses = state["step"], state["losses"]
         trained_seconds = state.get("trained_seconds", 0.0)
         logger.info("resuming teacher training at step %d/%d", step, total_steps)
@@ -257,9 +258,9 @@ def train_teacher(
                 padding=True,
                 truncation=config.max_length is not None,
                 max_length=config.max_length,
-            )
-            logits = model(**encoded).logits
-            loss = soft_target_loss(logits, torch.from_numpy(targets_all[index]))
+            ).to(device)
+            logits = model(**encoded).logits.float()
+            loss = soft_target_loss(logits, torch.from_numpy(targets_all[index]).to(device))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(lora_params + head_params, 1.0)
@@ -285,6 +286,23 @@ def train_teacher(
     return checkpoint
 
 
+def _rng_state() -> dict[str, object]:
+    """Every RNG dropout draws from: the CPU's, and each GPU's when there are GPUs."""
+    state: dict[str, object] = {"cpu": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _restore_rng(state) -> None:
+    if isinstance(state, torch.Tensor):  # checkpoints written before GPU support
+        torch.set_rng_state(state)
+        return
+    torch.set_rng_state(state["cpu"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
 def _save_checkpoint(
     model, optimizer, checkpoint: Path, step, total_steps, losses, config, trained_seconds
 ) -> None:
@@ -297,7 +315,7 @@ def _save_checkpoint(
     adapter_config["base_model_name_or_path"] = config.base
     (tmp / "adapter_config.json").write_text(json.dumps(adapter_config, indent=2) + "\n")
     torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-    torch.save(torch.get_rng_state(), tmp / "rng.pt")
+    torch.save(_rng_state(), tmp / "rng.pt")
     (tmp / "state.json").write_text(
         json.dumps(
             {

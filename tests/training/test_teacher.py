@@ -128,3 +128,25 @@ def test_resumed_training_reproduces_the_uninterrupted_run(
     manifest = json.loads((package / "manifest.json").read_text())
     assert manifest["training"]["steps"] == 12
     assert teacher_id(package).startswith("teacher-tiny-")
+
+
+def test_device_auto_is_the_cpu_here_and_a_missing_gpu_is_an_error():
+    from relevance_core.teacher import TeacherError, resolve_device
+
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA device is present")
+    assert resolve_device("auto").type == "cpu"
+    assert resolve_device("cpu").type == "cpu"
+    with pytest.raises(TeacherError, match="no CUDA device"):
+        resolve_device("cuda")
+
+
+def test_rng_state_round_trips_and_old_checkpoints_still_restore():
+    from training.teacher import _restore_rng, _rng_state
+
+    state = _rng_state()
+    first = torch.rand(3)
+    _restore_rng(state)
+    torch.testing.assert_close(torch.rand(3), first)
+    _restore_rng(state["cpu"])  # the format of checkpoints written before GPU support
+    torch.testing.assert_close(torch.rand(3), first)
