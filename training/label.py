@@ -46,6 +46,66 @@ def read_labels(path: Path) -> pd.DataFrame:
     return frame.drop_duplicates(["query_key", "product_id"], keep="last").reset_index(drop=True)
 
 
+def pending(
+    pairs: pd.DataFrame, path: Path, limit: int | None = None
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The first ``limit`` pairs (in the set's order) and those of them with no cached label."""
+    wanted = pairs if limit is None else pairs.iloc[:limit]
+    done = read_labels(path)
+    done_keys = set(zip(done["query_key"], done["product_id"], strict=True))
+    todo = wanted[
+        [
+            (k, p) not in done_keys
+            for k, p in zip(wanted["query_key"], wanted["product_id"], strict=True)
+        ]
+    ]
+    return wanted, todo
+
+
+class LabelWriter:
+    """Appends labels to a cache file, flushed after every chunk: a kill loses one chunk at most."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        new_file = not path.is_file() or path.stat().st_size == 0
+        if not new_file:
+            with open(path, "rb") as existing:
+                existing.seek(-1, 2)
+                torn = existing.read(1) not in (b"\n", b"\r")
+            if torn:  # end a torn last row so the next row does not get glued onto it
+                with open(path, "a", newline="") as handle:
+                    handle.write("\r\n")
+        self._handle = open(path, "a", newline="")  # noqa: SIM115 (closed by close())
+        self._writer = csv.writer(self._handle)
+        if new_file:
+            self._writer.writerow(LABEL_COLUMNS)
+
+    def write(self, query_keys, product_ids, probabilities: np.ndarray) -> None:
+        scores = probabilities @ np.array([0.0, 0.5, 1.0])
+        for key, pid, score, probs in zip(
+            query_keys, product_ids, scores, probabilities, strict=True
+        ):
+            self._writer.writerow([key, pid, f"{score:.6f}", *(f"{p:.6f}" for p in probs)])
+        self._handle.flush()
+
+    def close(self) -> None:
+        self._handle.close()
+
+    def __enter__(self) -> LabelWriter:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def cached_labels(wanted: pd.DataFrame, path: Path) -> pd.DataFrame:
+    """Every cached label of the pairs in ``wanted``."""
+    labels = read_labels(path)
+    keys = set(zip(wanted["query_key"], wanted["product_id"], strict=True))
+    mask = [(k, p) in keys for k, p in zip(labels["query_key"], labels["product_id"], strict=True)]
+    return labels[mask].reset_index(drop=True)
+
+
 def label_pairs(
     predict_proba: Callable[[list[str], list[str]], np.ndarray],
     pairs: pd.DataFrame,
@@ -59,89 +119,17 @@ def label_pairs(
     ``predict_proba(queries, titles)`` returns class probabilities of shape (n, 3).
     Returns every cached label for the first ``limit`` pairs.
     """
-    wanted = pairs if limit is None else pairs.iloc[:limit]
-    done = read_labels(path)
-    done_keys = set(zip(done["query_key"], done["product_id"], strict=True))
-    todo = wanted[
-        [
-            (k, p) not in done_keys
-            for k, p in zip(wanted["query_key"], wanted["product_id"], strict=True)
-        ]
-    ]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    new_file = not path.is_file() or path.stat().st_size == 0
-    if not new_file:
-        with open(path, "rb") as existing:
-            existing.seek(-1, 2)
-            torn = existing.read(1) not in (b"\n", b"\r")
-        if torn:  # end a torn last row so the next row does not get glued onto it
-            with open(path, "a", newline="") as handle:
-                handle.write("\r\n")
+    wanted, todo = pending(pairs, path, limit)
     started = time.monotonic()
     with (
-        open(path, "a", newline="") as handle,
+        LabelWriter(path) as writer,
         tqdm(total=len(todo), desc="teacher labeling", unit="pair") as bar,
     ):
-        writer = csv.writer(handle)
-        if new_file:
-            writer.writerow(LABEL_COLUMNS)
         for start in range(0, len(todo), chunk_size):
             chunk = todo.iloc[start : start + chunk_size]
             probabilities = predict_proba(chunk["query"].tolist(), chunk["title"].tolist())
-            scores = probabilities @ np.array([0.0, 0.5, 1.0])
-            for key, pid, score, probs in zip(
-                chunk["query_key"], chunk["product_id"], scores, probabilities, strict=True
-            ):
-                writer.writerow([key, pid, f"{score:.6f}", *(f"{p:.6f}" for p in probs)])
-            handle.flush()
+            writer.write(chunk["query_key"], chunk["product_id"], probabilities)
             bar.update(len(chunk))
             if max_seconds is not None and time.monotonic() - started > max_seconds:
                 break
-    labels = read_labels(path)
-    keys = set(zip(wanted["query_key"], wanted["product_id"], strict=True))
-    mask = [(k, p) in keys for k, p in zip(labels["query_key"], labels["product_id"], strict=True)]
-    return labels[mask].reset_index(drop=True)
-
-
-def label_stage(
-    teacher_dir: Path,
-    labels_dir: Path,
-    data_path: Path,
-    augment_config,
-    eval_queries: int = 250,
-    augment_limit: int | None = None,
-    max_seconds: float | None = None,
-    split_seed: int = 13,
-) -> dict[str, Path]:
-    """Label a held-out test sample (for the teacher's own evaluation), then the augmentation set.
-
-    Both files resume from whatever is cached. Returns the label file of each part.
-    """
-    from relevance_core.hashing import sha256_file
-    from relevance_core.teacher import load_teacher, teacher_id
-    from training.augment import build_augmentation
-    from training.data import catalogue, load_labeled, query_subset, split_by_query
-
-    started = time.monotonic()
-    data_sha = sha256_file(data_path)
-    labeled = load_labeled(data_path)
-    splits = split_by_query(labeled, seed=split_seed)
-    tid = teacher_id(teacher_dir)
-    teacher = load_teacher(teacher_dir)
-    paths = {
-        "test": label_path(labels_dir, tid, split_version(data_sha, "test", eval_queries)),
-        "augment": label_path(labels_dir, tid, data_version(data_sha, augment_config.version())),
-    }
-    test_pairs = query_subset(splits["test"], eval_queries, seed=split_seed)
-    label_pairs(teacher.predict_proba, test_pairs, paths["test"], max_seconds=max_seconds)
-    held_out = pd.concat([splits["validation"], splits["test"]])["query"]
-    augmentation = build_augmentation(
-        splits["train"], labeled, catalogue(labeled), augment_config, held_out_queries=held_out
-    )
-    remaining = None
-    if max_seconds is not None:
-        remaining = max(0.0, max_seconds - (time.monotonic() - started))
-    label_pairs(
-        teacher.predict_proba, augmentation, paths["augment"], augment_limit, max_seconds=remaining
-    )
-    return paths
+    return cached_labels(wanted, path)
