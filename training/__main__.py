@@ -1,6 +1,7 @@
 """Command line: ``python -m training STAGE [--config FILE] [options]``.
 
-Stages: ``teacher``, ``label``, ``distill``, ``committee``, ``evaluate``, ``export``, ``all`` and
+Stages: ``teacher``, ``label``, ``distill``, ``committee``, ``represent``, ``evaluate``,
+``export``, ``all`` and
 ``ensure-default`` (what ``make serve`` runs: nothing when the default package verifies).
 Each stage skips work whose output is current; ``--force`` redoes it.
 
@@ -10,6 +11,8 @@ Examples::
     python -m training label --limit 26564               # teacher labels, resumable
     python -m training distill --size 26564              # + 26,564 teacher-labeled pairs
     python -m training committee --set committee.members=human-only,distill-n26564
+    python -m training represent --set representation.architecture=late-interaction \
+        --set representation.dim=128                     # the cacheable student
     python -m training evaluate                          # docs/evaluation.md + plot
     python -m training all --set student.epochs=0.5      # any config value, dotted
 """
@@ -28,13 +31,21 @@ from training.config import load_config
 from training.default_package import ensure_default
 from training.evaluation.stage import stage_evaluate
 from training.onnx_export.stage import stage_export
-from training.stages import stage_all, stage_committee, stage_distill, stage_label, stage_teacher
+from training.stages import (
+    stage_all,
+    stage_committee,
+    stage_distill,
+    stage_label,
+    stage_represent,
+    stage_teacher,
+)
 
 STAGES = (
     "teacher",
     "label",
     "distill",
     "committee",
+    "represent",
     "evaluate",
     "export",
     "all",
@@ -119,6 +130,8 @@ def main(argv: list[str] | None = None) -> int:
             stage_distill(config, sizes=args.size, force=args.force)
         elif args.stage == "committee":
             stage_committee(config, force=args.force)
+        elif args.stage == "represent":
+            stage_represent(config, force=args.force)
         elif args.stage == "evaluate":
             stage_evaluate(config, teacher_labels=args.teacher_labels, command=command)
         elif args.stage == "export":

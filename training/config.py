@@ -18,7 +18,7 @@ import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
@@ -184,6 +184,37 @@ class ExportConfig(_Section):
     student: str = "auto"
     version: str = "1.0.0"
     variants: tuple[str, ...] = ("fp32", "fp16", "int8")
+    # Where an exported representation student goes (models_dir/<this>): never the default
+    # package, which holds the cross-encoder.
+    representation_package: str = "minilm-homedepot-representation"
+
+
+class RepresentationConfig(_Section):
+    """The representation student: query and item encoded apart, the item side cacheable.
+
+    It shares the optimisation knobs of ``student`` (backbone, batch, epochs, learning
+    rate, threads, validation) and the hybrid ``loss``; this section says what differs.
+    See :mod:`training.representation`.
+    """
+
+    # "bi-encoder": one mean-pooled vector per side, cosine; "late-interaction": one
+    # projected, normalised vector per token, mean over query tokens of the MaxSim.
+    architecture: Literal["bi-encoder", "late-interaction"] = "bi-encoder"
+    # Width of the stored vectors: a linear projection of the encoder output to this size
+    # (None: no projection, the encoder width, 384 for MiniLM). Late interaction needs
+    # a small one (128) to keep a catalogue's token vectors in memory.
+    dim: int | None = Field(None, gt=0)
+    query_max_length: int = Field(32, gt=2)
+    item_max_length: int = Field(64, gt=2)
+    # Teacher labels of augmentation pairs, a CSV under paths.labels_dir with query_key,
+    # product_id and teacher_score (a committee file, or the LLM teacher's labels): the
+    # switch to another teacher is this one value. None: human labels only.
+    labels: str | None = "committee-1aaadc605b/df3295b4fd81-n24000.csv"
+    # The logit is scale * similarity + bias: a start that maps cosine 0.5 to score ~0.7,
+    # and a larger step for these two numbers (the encoder's would take them ~0.3 far).
+    init_scale: float = Field(10.0, gt=0)
+    init_bias: float = -4.0
+    head_learning_rate: float = Field(1e-2, gt=0)
 
 
 class TrainConfig(_Section):
@@ -198,6 +229,7 @@ class TrainConfig(_Section):
     loss: LossConfig = LossConfig()
     curve: CurveConfig = CurveConfig()
     committee: CommitteeConfig = CommitteeConfig()
+    representation: RepresentationConfig = RepresentationConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
     export: ExportConfig = ExportConfig()
 

@@ -1,0 +1,83 @@
+"""Names, fingerprints and teacher labels of representation runs (no torch).
+
+A representation run lives under ``runs/students/<architecture>-n<N>/`` (``N`` labeled
+augmentation pairs; ``<architecture>-human-only`` for none) beside the cross-encoder
+runs. Its teacher labels come from the file ``representation.labels`` names under
+``paths.labels_dir`` (a committee's labels, or the LLM teacher's): any CSV with
+``query_key``, ``product_id`` and ``teacher_score``, joined with the augmentation set.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from training.artifacts import (
+    Dataset,
+    PipelineError,
+    augment_data_version,
+    load_augmentation,
+    with_scores,
+)
+from training.config import TrainConfig
+
+
+def representation_run_name(architecture: str, augment_pairs: int) -> str:
+    return f"{architecture}-human-only" if not augment_pairs else f"{architecture}-n{augment_pairs}"
+
+
+def labels_file(config: TrainConfig) -> Path | None:
+    """The teacher label file of the representation student, or None (human labels only)."""
+    name = config.representation.labels
+    if not name:
+        return None
+    path = Path(name)
+    return path if path.is_absolute() else config.path("labels_dir") / path
+
+
+def labeled_pairs(config: TrainConfig, dataset: Dataset) -> pd.DataFrame | None:
+    """Augmentation pairs that carry a label in :func:`labels_file` (``teacher_score``)."""
+    path = labels_file(config)
+    if path is None:
+        return None
+    if not path.is_file():
+        raise PipelineError(
+            f"representation.labels names {path}, which does not exist; set it to a label "
+            "file under labels/ (e.g. committee-<id>/<version>-n<N>.csv) or to none"
+        )
+    labels = pd.read_csv(path, dtype={"query_key": str, "product_id": str})
+    missing = {"query_key", "product_id", "teacher_score"} - set(labels.columns)
+    if missing:
+        raise PipelineError(f"{path} lacks the columns {sorted(missing)}")
+    labels = labels.dropna(subset=["teacher_score"])
+    labeled = with_scores(load_augmentation(config, dataset), labels)
+    if labeled.empty:
+        version = augment_data_version(config, dataset)
+        raise PipelineError(
+            f"no pair of {path} is in the augmentation set {version}: the labels were made "
+            "for another data or augment config"
+        )
+    return labeled.reset_index(drop=True)
+
+
+def label_source(config: TrainConfig) -> str | None:
+    """What labeled the augmentation pairs: ``committee``, ``teacher`` or None."""
+    name = config.representation.labels
+    if not name:
+        return None
+    return "committee" if Path(name).parts[0].startswith("committee-") else "teacher"
+
+
+def representation_fingerprint(
+    config: TrainConfig, dataset: Dataset, labels_sha256: str | None, pairs: int
+) -> str:
+    """Identity of a representation run: split, student, loss, representation, its labels."""
+    extra = {
+        "data": dataset.sha256,
+        "labels": labels_sha256,
+        "augment": augment_data_version(config, dataset) if pairs else None,
+        "n": pairs,
+        "kind": "representation",
+    }
+    return config.fingerprint("split", "student", "loss", "representation", extra=extra)
