@@ -1,8 +1,10 @@
 """The ``export`` stage: the chosen student run, with provenance and evaluation, as a package.
 
-:func:`stage_export` picks the run (explicit, else best on validation), gathers its
-provenance and the evaluation's numbers for it, and calls :func:`run_export`, which
-fills in what the caller left out (max_length, version) and builds the package.
+:func:`stage_export` picks the run (explicit, else the cross-encoder best on validation),
+gathers its provenance and the evaluation's numbers for it, and calls :func:`run_export`,
+which fills in what the caller left out (max_length, version) and builds the package. A
+representation run (named explicitly) goes to :func:`export_representation_run` instead:
+two graphs in the package ``export.representation_package``.
 """
 
 from __future__ import annotations
@@ -118,7 +120,9 @@ def choose_student(config: TrainConfig, name: str | None = None) -> str:
     name = name or config.export.student
     if name != "auto":
         return name
-    records = finished_runs(config)
+    # A representation student is exported only by name: the default package is the
+    # cross-encoder the service loads.
+    records = [r for r in finished_runs(config) if not r.get("architecture")]
     if not records:
         raise PipelineError(
             f"no trained student under {students_dir(config)}; run `python -m training distill`"
@@ -145,6 +149,8 @@ def stage_export(config: TrainConfig, student: str | None = None, force: bool = 
     record = read_run(run_dir)
     if record is None:
         raise PipelineError(f"student {run_dir} is not trained; run `python -m training distill`")
+    if record.get("architecture"):
+        return export_representation_run(config, name, record, force=force)
     if record["config"]["student"].get("term_matching"):
         raise PipelineError(
             f"{name} was trained with term matching, which the serving path does not compute; "
@@ -172,6 +178,47 @@ def stage_export(config: TrainConfig, student: str | None = None, force: bool = 
         variants=config.export.variants,
         calibration_pairs=calibration_pairs_from_frame(dataset.splits["train"]),
     )
+
+
+def export_representation_run(
+    config: TrainConfig, name: str, record: dict[str, Any], force: bool = False
+) -> Path:
+    """A representation run as ``models_dir/<export.representation_package>`` (two graphs)."""
+    from training.onnx_export.representation import (
+        export_representation_package,
+        read_representation_manifest,
+    )
+    from training.onnx_export.representation import summarize as summarize_representation
+
+    package_dir = config.path("models_dir") / config.export.representation_package
+    try:
+        current = read_representation_manifest(package_dir).provenance.get("student", {})
+    except (OSError, ValueError):
+        current = {}
+    if current.get("fingerprint") == record["fingerprint"] and not force:
+        logger.info("package %s already holds %s; skipping", package_dir, name)
+        return package_dir
+    dataset = load_dataset(config)
+    train = dataset.splits["train"]
+    queries = train.drop_duplicates("query").sample(frac=1.0, random_state=0)["query"]
+    items = train.drop_duplicates("title").sample(frac=1.0, random_state=0)["title"]
+    provenance = _provenance(config, name, record)
+    provenance["student"]["architecture"] = record["architecture"]
+    provenance["student"]["labels_file"] = record.get("labels_file")
+    package = export_representation_package(
+        students_dir(config) / name,
+        package_dir,
+        name=config.export.representation_package,
+        version=config.export.version,
+        backbone=_backbone_name(config),
+        variants=config.export.variants,
+        validation_pairs=validation_pairs_from_frame(dataset.splits["validation"]),
+        calibration_texts={"query": queries.tolist(), "item": items.tolist()},
+        catalogue_texts=dataset.products["title"].tolist(),
+        extra_manifest={"evaluation": _evaluation(config, name), "provenance": provenance},
+    )
+    logger.info("model package written to %s\n%s", package, summarize_representation(package))
+    return package
 
 
 def _evaluation(config: TrainConfig, run: str) -> dict[str, Any]:
