@@ -29,10 +29,13 @@ class SystemResult:
     """One row of the evaluation table."""
 
     name: str
-    kind: str  # baseline | student | teacher | committee | package
+    kind: str  # baseline | student | representation | teacher | committee | package
     metrics: dict[str, float]
     slices: dict[str, dict[str, float]]
     latency_ms_per_pair: float | None = None
+    # Representation students: the same pairs with the item vectors already stored (only
+    # the query encoding and the interaction timed); ``latency_ms_per_pair`` encodes both.
+    latency_cached_ms_per_pair: float | None = None
     augment_pairs: int | None = None
     labels_from: str | None = None  # teacher | committee | None (human labels only)
     validation_pairwise_accuracy: float | None = None
@@ -47,6 +50,11 @@ class SystemResult:
             "metrics": self.metrics,
             "slices": self.slices,
             "latency_ms_per_pair": self.latency_ms_per_pair,
+            **(
+                {"latency_cached_ms_per_pair": self.latency_cached_ms_per_pair}
+                if self.latency_cached_ms_per_pair is not None
+                else {}
+            ),
             "validation_pairwise_accuracy": self.validation_pairwise_accuracy,
             "notes": self.notes,
         }

@@ -93,6 +93,7 @@ def _tables(
             metrics=ranking_metrics(part, s.scores[rows], teacher, calibrated=s.calibrated),
             slices=slice_metrics(part, s.scores[rows], slices) if with_slices else {},
             latency_ms_per_pair=s.latency_ms_per_pair,
+            latency_cached_ms_per_pair=s.latency_cached_ms_per_pair,
             augment_pairs=s.augment_pairs,
             labels_from=s.labels_from,
             validation_pairwise_accuracy=s.validation_pairwise_accuracy,

@@ -1,8 +1,10 @@
 """Every system the evaluation compares, scored on the evaluation split (before metrics).
 
-BM25 and the zero-shot embedding cosine (baselines), each finished student run, the
-committee teacher of each committee student (the mean of its members' scores), the
-served default package (as the service runs it) and the teacher's cached labels.
+BM25 and the zero-shot embedding cosine (baselines), each finished student run (cross-
+encoders, and representation students with their latency uncached and with the items'
+vectors cached), the committee teacher of each committee student (the mean of its
+members' scores), the served default package (as the service runs it), the
+representation package when one is exported, and the teacher's cached labels.
 """
 
 from __future__ import annotations
@@ -51,6 +53,8 @@ class Scored:
     scores: np.ndarray
     calibrated: bool
     latency_ms_per_pair: float | None = None
+    # Representation students: item vectors pre-computed, only query + interaction timed.
+    latency_cached_ms_per_pair: float | None = None
     augment_pairs: int | None = None
     # Who labeled the augmentation pairs: "teacher" (the LLM), "committee" or None.
     labels_from: str | None = None
@@ -105,6 +109,10 @@ def score_systems(
         logger.warning("student %s not trained yet; left out of the evaluation", run_name(size))
     records.sort(key=lambda r: (r.get("labels_from") == "committee", r["augment_pairs"]))
     for record in records:
+        if record.get("architecture"):
+            scored.append(score_representation_run(config, record, frame, sample))
+            logger.info("scored %s", scored[-1].name)
+            continue
         model, tokenizer = load_student(
             students_dir(config) / record["name"], config.student.max_length
         )
@@ -136,7 +144,7 @@ def score_systems(
         logger.info("scored %s", scored[-1].name)
     by_name = {s.name: s for s in scored}
     for record in records:
-        if record.get("labels_from") != "committee":
+        if record.get("labels_from") != "committee" or record.get("architecture"):
             continue
         members = [by_name.get(student_row_name(name)) for name in record["committee"]]
         if any(m is None for m in members):
@@ -154,7 +162,98 @@ def score_systems(
             )
         )
     scored.extend(score_package(config, frame, sample))
+    scored.extend(score_representation_package(config, frame, sample))
     return scored
+
+
+def _representation_latency(scorer, sample: pd.DataFrame, batch: int) -> tuple[float, float]:
+    """(uncached, cached) ms per pair: both sides encoded, or the items' vectors stored."""
+    queries, titles, n = sample["query"].tolist(), sample["title"].tolist(), len(sample)
+    uncached = latency_ms_per_pair(lambda rows: scorer.score(queries[rows], titles[rows]), n, batch)
+    stored = scorer.encode_items(titles)
+    cached = latency_ms_per_pair(
+        lambda rows: scorer.score_encoded(
+            queries[rows], titles[rows], scorer.encode_queries(queries[rows]), stored
+        ),
+        n,
+        batch,
+    )
+    return uncached, cached
+
+
+def score_representation_run(
+    config: TrainConfig, record: dict, frame: pd.DataFrame, sample: pd.DataFrame
+) -> Scored:
+    """A representation student run (PyTorch FP32), each side encoded apart."""
+    from training.representation.model import load_representation
+    from training.representation.train import scorer as run_scorer
+
+    batch = config.evaluate.batch_size
+    model, query_tokenizer, item_tokenizer = load_representation(
+        students_dir(config) / record["name"]
+    )
+    scorer = run_scorer(model, query_tokenizer, item_tokenizer, batch)
+    uncached, cached = _representation_latency(scorer, sample, batch)
+    head = record.get("head", {})
+    return Scored(
+        student_row_name(record["name"]),
+        "representation",
+        scorer.score(frame["query"].tolist(), frame["title"].tolist()),
+        calibrated=True,
+        latency_ms_per_pair=uncached,
+        latency_cached_ms_per_pair=cached,
+        augment_pairs=record["augment_pairs"],
+        labels_from=record.get("labels_from") if record["augment_pairs"] else None,
+        validation_pairwise_accuracy=record["validation_pairwise_accuracy"],
+        notes=f"{record['architecture']} (item vectors {head.get('dim')}-d), labels "
+        f"{record.get('labels_file') or 'human only'}; ms / pair with the item vectors "
+        f"cached: {cached:.3f} (uncached: both sides encoded, {uncached:.3f})",
+    )
+
+
+def score_representation_package(
+    config: TrainConfig, frame: pd.DataFrame, sample: pd.DataFrame
+) -> list[Scored]:
+    """The exported representation package (its INT8 graphs, else FP32) when one verifies."""
+    from training.onnx_export import ExportError
+    from training.onnx_export.representation import (
+        package_scorer,
+        read_representation_manifest,
+    )
+
+    package_dir = config.path("models_dir") / config.export.representation_package
+    try:
+        manifest = read_representation_manifest(package_dir)
+        variant = next(
+            v
+            for v in ("int8", "fp32")
+            if v in manifest.variants
+            and (package_dir / manifest.variants[v].query.file).is_file()
+            and (package_dir / manifest.variants[v].item.file).is_file()
+        )
+        scorer = package_scorer(
+            package_dir, variant, config.evaluate.threads, batch_size=config.evaluate.batch_size
+        )
+    except (OSError, ValueError, StopIteration, ExportError) as exc:
+        logger.info("no representation package row: %s", exc)
+        return []
+    uncached, cached = _representation_latency(scorer, sample, config.evaluate.batch_size)
+    source = manifest.provenance.get("student", {})
+    return [
+        Scored(
+            f"representation package {manifest.name} {manifest.version} "
+            f"({manifest.architecture}, ONNX {variant}, CPU)",
+            "representation",
+            scorer.score(frame["query"].tolist(), frame["title"].tolist()),
+            calibrated=True,
+            latency_ms_per_pair=uncached,
+            latency_cached_ms_per_pair=cached,
+            notes=f"exported from the run {source.get('run', '?')} (fingerprint "
+            f"{source.get('fingerprint', '?')}); item vectors stored as "
+            f"{manifest.item_vectors.dtype}; ms / pair with the item vectors cached: "
+            f"{cached:.3f} (uncached {uncached:.3f})",
+        )
+    ]
 
 
 def score_package(config: TrainConfig, frame: pd.DataFrame, sample: pd.DataFrame) -> list[Scored]:

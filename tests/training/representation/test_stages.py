@@ -1,0 +1,69 @@
+"""A representation run in the pipeline: evaluated (cached and uncached), exported by name only."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from training.artifacts import load_dataset, read_run, students_dir
+from training.evaluation.report import student_row_name
+from training.evaluation.systems import score_representation_run
+from training.onnx_export.representation import read_representation_manifest
+from training.onnx_export.stage import choose_student, stage_export
+from training.representation.model import load_representation
+from training.representation.train import scorer
+from training.stages import stage_represent
+
+
+@pytest.fixture
+def with_representation(pipeline_copy):
+    """The tiny pipeline's outputs plus a bi-encoder run on human labels only."""
+    config = pipeline_copy.model_copy(
+        update={
+            "representation": pipeline_copy.representation.model_copy(update={"labels": None}),
+            "export": pipeline_copy.export.model_copy(update={"variants": ("fp32",)}),
+        }
+    )
+    return config, stage_represent(config)
+
+
+def test_evaluation_scores_a_representation_run_both_ways(with_representation) -> None:
+    config, run_dir = with_representation
+    record = read_run(run_dir)
+    assert record["name"] == "bi-encoder-human-only" and record["augment_pairs"] == 0
+    frame = load_dataset(config).splits["test"]
+    row = score_representation_run(config, record, frame, frame.head(8))
+    assert row.name == student_row_name("bi-encoder-human-only")
+    assert row.kind == "representation"
+    assert row.latency_ms_per_pair > 0 and row.latency_cached_ms_per_pair > 0
+    model, query_tok, item_tok = load_representation(run_dir)
+    expected = scorer(model, query_tok, item_tok, 8).score(
+        frame["query"].tolist(), frame["title"].tolist()
+    )
+    assert row.scores == pytest.approx(expected, abs=1e-9)
+    assert np.all((row.scores >= 0) & (row.scores <= 1))
+
+
+def test_auto_export_keeps_the_cross_encoder_a_named_export_writes_two_graphs(
+    with_representation,
+) -> None:
+    config, run_dir = with_representation
+    # Even the best run on validation is not the default package when it is not a
+    # cross-encoder: the service loads that package.
+    record = read_run(run_dir)
+    record["validation_pairwise_accuracy"] = 1.0
+    (run_dir / "run.json").write_text(json.dumps(record))
+    assert choose_student(config) != run_dir.name
+    default_manifest = (config.default_package_dir / "manifest.json").read_text()
+
+    package = stage_export(config, student=run_dir.name)
+    assert package == config.path("models_dir") / config.export.representation_package
+    manifest = read_representation_manifest(package)
+    assert manifest.architecture == "bi-encoder"
+    assert manifest.provenance["student"]["run"] == run_dir.name
+    assert manifest.provenance["student"]["fingerprint"] == record["fingerprint"]
+    assert (package / manifest.variants["fp32"].query.file).is_file()
+    assert (config.default_package_dir / "manifest.json").read_text() == default_manifest
+    assert students_dir(config) / run_dir.name == run_dir
