@@ -10,14 +10,17 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from importlib import metadata
+from importlib import metadata, resources
 from typing import Any
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
+from fastapi.openapi.docs import get_swagger_ui_html, get_swagger_ui_oauth2_redirect_html
+from fastapi.responses import HTMLResponse
+from fastapi.staticfiles import StaticFiles
 from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector, ProcessCollector
 
 from service.admission import AdmissionConfig
-from service.api import admin, health, score
+from service.api import admin, health, rerank, score
 from service.api.errors import install_error_handlers
 from service.batcher import BatcherConfig
 from service.engine import ScoringEngine
@@ -33,10 +36,17 @@ EngineFactory = Callable[[Settings, Metrics], ScoringEngine]
 
 DESCRIPTION = """\
 Relevance scores for (query, item) pairs from a small cross-encoder distilled from an LLM
-teacher, behind a dynamic micro-batcher. `POST /score` is the main endpoint; `POST /rerank`
-speaks text-embeddings-inference's rerank shape; `POST /shadow/score` asks the teacher.
+teacher, behind a dynamic micro-batcher. `POST /score` is the main endpoint; the rerank
+shapes of other servers are spoken too, all scored by the same model and batcher:
+`POST /rerank` (text-embeddings-inference's `texts`, or vLLM's `documents`),
+`POST /infinity/rerank` (Infinity's), `POST /v1/rerank` (Cohere v1 and Jina) and
+`POST /v2/rerank` (Cohere v2). `POST /shadow/score` asks the teacher.
 Errors always have the body `{"error", "error_type", "field"}`.
 """
+# Swagger UI's files, served by the app itself: /docs works without internet (FastAPI's
+# default page loads them from a CDN). fastapi-offline ships Swagger UI 5, which renders
+# the OpenAPI 3.1 that FastAPI publishes.
+DOCS_ASSETS_URL = "/docs-assets"
 
 
 def _version() -> str:
@@ -150,6 +160,10 @@ def publish_limits(app: FastAPI, settings: Settings) -> None:
                 "maxItems": min(settings.max_items, settings.shadow_max_items)
             },
             ("RerankRequest", "texts"): {"maxItems": settings.max_items},
+            ("RerankRequest", "documents"): {"maxItems": settings.max_items},
+            ("CohereRerankRequest", "documents"): {"maxItems": settings.max_items},
+            ("CohereV2RerankRequest", "documents"): {"maxItems": settings.max_items},
+            ("InfinityRerankRequest", "documents"): {"maxItems": settings.max_items},
         }
         for (model, field), extra in limits.items():
             if field in schemas.get(model, {}).get("properties", {}):
@@ -163,6 +177,30 @@ def publish_limits(app: FastAPI, settings: Settings) -> None:
         return spec
 
     app.openapi = openapi  # type: ignore[method-assign]
+
+
+def serve_docs_offline(app: FastAPI) -> None:
+    """``/docs`` from Swagger UI's files on disk (FastAPI's self-hosting recipe)."""
+    assets = resources.files("fastapi_offline") / "static"
+    app.mount(DOCS_ASSETS_URL, StaticFiles(directory=str(assets)), name="docs-assets")
+    openapi_url = app.openapi_url or "/openapi.json"
+    redirect_url = app.swagger_ui_oauth2_redirect_url or "/docs/oauth2-redirect"
+
+    @app.get("/docs", include_in_schema=False)
+    async def swagger_ui(request: Request) -> HTMLResponse:
+        root = request.scope.get("root_path", "")
+        return get_swagger_ui_html(
+            openapi_url=root + openapi_url,
+            title=app.title + " - Swagger UI",
+            oauth2_redirect_url=root + redirect_url,
+            swagger_js_url=f"{root}{DOCS_ASSETS_URL}/swagger-ui-bundle.js",
+            swagger_css_url=f"{root}{DOCS_ASSETS_URL}/swagger-ui.css",
+            swagger_favicon_url=f"{root}{DOCS_ASSETS_URL}/favicon.png",
+        )
+
+    @app.get(redirect_url, include_in_schema=False)
+    async def swagger_ui_redirect() -> HTMLResponse:
+        return get_swagger_ui_oauth2_redirect_html()
 
 
 def create_app(
@@ -194,6 +232,9 @@ def create_app(
         # A body without Content-Type is read as JSON (what require_json promises); FastAPI's
         # strict default would hand the handler raw bytes and answer a puzzling 422.
         strict_content_type=False,
+        # /docs is served from local files below; ReDoc's page would load from a CDN.
+        docs_url=None,
+        redoc_url=None,
     )
     app.state.settings = settings
     app.state.metrics = metrics
@@ -206,10 +247,12 @@ def create_app(
     app.state.teacher_loader = teacher_loader
     install_error_handlers(app)
     app.include_router(score.router)
+    app.include_router(rerank.router)
     app.include_router(health.router)
     if settings.admin_token is not None:
         app.include_router(admin.router)
     publish_limits(app, settings)
+    serve_docs_offline(app)
     app.add_middleware(BodySizeLimit, max_body_bytes=settings.max_body_bytes)
     # Outside the body limit: shed load before reading bodies at all.
     app.add_middleware(

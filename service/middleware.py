@@ -16,9 +16,10 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from service.admission import Admission
 from service.metrics import Metrics
 
-SCORING_ENDPOINTS = frozenset({"/score", "/rerank"})
+# /score and every rerank shape (service.api.rerank): the same model, queue and SLO.
+SCORING_ENDPOINTS = frozenset({"/score", "/rerank", "/infinity/rerank", "/v1/rerank", "/v2/rerank"})
 # Endpoints that take a body and queue work; /shadow/score has its own slots as well.
-LOADED_ENDPOINTS = frozenset({"/score", "/rerank", "/shadow/score"})
+LOADED_ENDPOINTS = SCORING_ENDPOINTS | {"/shadow/score"}
 ARRIVED_KEY = "relevance.arrived"
 # Loop-lag readings (one per 25 ms when the loop keeps up) whose minimum is the lag.
 LAG_READINGS = 8

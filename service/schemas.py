@@ -77,13 +77,27 @@ def _not_blank(value: str) -> str:
     return value
 
 
+# An item's text: valid Unicode and not blank (a blank text has nothing to score; refused
+# with the item's field named, like a blank query).
+ItemText = Annotated[
+    str,
+    AfterValidator(_valid_unicode),
+    AfterValidator(_not_blank),
+    Field(json_schema_extra=QUERY_SCHEMA),
+]
+# A field that may be absent (None) but is never JSON null: typed without None, so the
+# published schema has no null and a null is refused; a default is not validated. (An
+# Optional would also name its union member in errors: ``texts.list[...][1]``.)
+OptionalTexts = Annotated[list[ItemText], Field(min_length=1)]
+
+
 class ScoreItem(BaseModel):
     """A candidate to score; a plain string in the request becomes ``{"id": "<index>"}``."""
 
     model_config = ConfigDict(extra="forbid")
 
     id: str = Field(min_length=1, max_length=256, description="Echoed back with the score.")
-    text: Text = Field(description="Item text, e.g. the product title.")
+    text: ItemText = Field(description="Item text, e.g. the product title; not blank.")
 
 
 class ScoreRequest(BaseModel):
@@ -98,7 +112,12 @@ class ScoreRequest(BaseModel):
         min_length=1,
         description="Candidates: objects with id and text, or plain strings (id = index).",
         json_schema_extra={
-            "items": {"anyOf": [{"$ref": "#/components/schemas/ScoreItem"}, {"type": "string"}]}
+            "items": {
+                "anyOf": [
+                    {"$ref": "#/components/schemas/ScoreItem"},
+                    {"type": "string", **QUERY_SCHEMA},
+                ]
+            }
         },
     )
     top_k: PositiveJsonInt | None = Field(
@@ -167,23 +186,40 @@ class ScoreResponse(BaseModel):
 
 
 class RerankRequest(BaseModel):
-    """text-embeddings-inference's ``/rerank`` request (extra fields are ignored)."""
+    """``/rerank``: text-embeddings-inference's request (``texts``), or vLLM's and
+    Infinity's (``documents``, ``top_n``, ``return_documents``); extra fields are ignored.
+
+    Exactly one of ``texts`` and ``documents``; the answer takes the shape of the one given.
+    """
 
     model_config = ConfigDict(
         json_schema_extra={
+            "oneOf": [{"required": ["texts"]}, {"required": ["documents"]}],
             "examples": [
                 {
                     "query": "angle bracket",
                     "texts": ["Simpson Strong-Tie 12-Gauge Angle", "Everbilt Brass Gate Valve"],
                     "raw_scores": False,
                     "return_text": True,
-                }
-            ]
+                },
+                {
+                    "model": "minilm-homedepot",
+                    "query": "angle bracket",
+                    "documents": ["Simpson Strong-Tie 12-Gauge Angle", "Everbilt Brass Gate Valve"],
+                    "top_n": 1,
+                    "return_documents": True,
+                },
+            ],
         }
     )
 
+    model: str = Field(None, description="Echoed back (vLLM, Infinity); the served package scores.")
     query: Text = Field(json_schema_extra=QUERY_SCHEMA)
-    texts: list[Text] = Field(min_length=1)
+    texts: OptionalTexts = Field(None, description="TEI's candidates; not blank.")
+    documents: OptionalTexts = Field(
+        None, description="vLLM's and Infinity's candidates (instead of texts); not blank."
+    )
+    top_n: PositiveJsonInt = Field(None, description="Return only the best n results.")
     truncate: JsonBool = True
     # TEI's values are "Left" and "Right"; only "Right" is served, and "Left" gets a message
     # saying so (hence a plain string checked below rather than a one-value Literal).
@@ -193,7 +229,8 @@ class RerankRequest(BaseModel):
         json_schema_extra={"enum": ["Right"]},
     )
     raw_scores: JsonBool = Field(False, description="Return logits instead of sigmoid scores.")
-    return_text: JsonBool = False
+    return_text: JsonBool = Field(False, description="TEI: echo each text.")
+    return_documents: JsonBool = Field(False, description="vLLM, Infinity: echo each document.")
 
     _check_query = field_validator("query")(_not_blank)
 

@@ -12,6 +12,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from service.errors import ServiceError
+from service.rerank_schemas import UNION_TAGS
 
 log = logging.getLogger(__name__)
 
@@ -22,9 +23,10 @@ def _field_name(loc: tuple[Any, ...] | list[Any]) -> str:
     """``("body", "items", 3, "text")`` → ``"items[3].text"``; bare ``("body",)`` → ``"body"``.
 
     An unknown key is client input: it is cut short and made encodable (a lone surrogate
-    in a key would otherwise break the UTF-8 error response).
+    in a key would otherwise break the UTF-8 error response). The tag of a union's member
+    (a document given as a string or an object) is no field: ``documents[2].text``.
     """
-    parts = [p for p in loc if p != "body"]
+    parts = [p for p in loc if p != "body" and p not in UNION_TAGS]
     name = ""
     for part in parts:
         name += f"[{part}]" if isinstance(part, int) else (f".{part}" if name else str(part))

@@ -4,7 +4,7 @@ A route parses its body into a :class:`ScoringCall` and says how to shape the an
 :func:`serve` does the rest, in one order for all of them: item count → deadline →
 score on a backend (cancelled if the client goes away) → answer → account for the time
 spent outside the backend. Errors the backend raises with item positions are named here,
-as the endpoint spells its fields (``items[3].text``, ``texts[3]``).
+as the endpoint spells its fields (``items[3].text``, ``texts[3]``, ``documents[3]``).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Protocol, TypeVar
 
 import numpy as np
-from fastapi import Request
+from fastapi import Request, Response
 
 from service.engine import EngineResult, ScoringEngine
 from service.errors import DeadlineExceeded, InputTooLong, InvalidInput, PayloadTooLarge
@@ -39,6 +39,9 @@ class FieldNames:
 
 SCORE_FIELDS = FieldNames("items", "items[{}].text")
 RERANK_FIELDS = FieldNames("texts", "texts[{}]")
+# Cohere's, Jina's, vLLM's and Infinity's shapes. (They never refuse a long text: none of
+# them has ``truncate``, so a text is always cut, and no text field needs naming.)
+DOCUMENTS_FIELDS = FieldNames("documents", "documents[{}]")
 
 
 @dataclass(frozen=True)
@@ -51,6 +54,9 @@ class ScoringCall:
     max_items: int
     fields: FieldNames
     deadline_ms: int | None = None
+    # The model the client named (the shapes that carry one), passed along for the
+    # backends to come; today the one loaded package scores every call.
+    model: str | None = None
 
 
 @dataclass(frozen=True)
@@ -173,6 +179,14 @@ async def _within(scoring: Awaitable[np.ndarray], seconds: float) -> np.ndarray:
         return await asyncio.wait_for(scoring, max(0.0, seconds))
     except TimeoutError:
         raise DeadlineExceeded("deadline_ms: the teacher did not answer in time") from None
+
+
+def timing_headers(response: Response, total_s: float, result: EngineResult) -> None:
+    """Where the time went, in the headers text-embeddings-inference uses (milliseconds)."""
+    response.headers["x-total-time"] = f"{total_s * 1000:.3f}"
+    response.headers["x-tokenization-time"] = f"{result.tokenize_s * 1000:.3f}"
+    response.headers["x-queue-time"] = f"{result.queue_s * 1000:.3f}"
+    response.headers["x-inference-time"] = f"{result.inference_s * 1000:.3f}"
 
 
 def ranked(values: np.ndarray, top_k: int | None = None) -> list[int]:

@@ -1,8 +1,9 @@
-"""``/score``, TEI-compatible ``/rerank`` and the teacher's ``/shadow/score``.
+"""``/score`` and the teacher's ``/shadow/score`` (the rerank shapes are in
+:mod:`service.api.rerank`).
 
 Each route parses its body, names its fields and shapes its answer; the steps between
 (limits, deadline, scoring, disconnects, admission's overhead) are
-:func:`service.api.pipeline.serve`'s, the same for all three.
+:func:`service.api.pipeline.serve`'s, the same for every scoring route.
 """
 
 from __future__ import annotations
@@ -10,12 +11,10 @@ from __future__ import annotations
 import time
 from typing import Annotated
 
-import numpy as np
 from fastapi import APIRouter, Depends, Request, Response
 
 from service.api.deps import get_engine, get_settings, get_shadow, get_text_limits, require_json
 from service.api.pipeline import (
-    RERANK_FIELDS,
     SCORE_FIELDS,
     ScoringCall,
     StudentBackend,
@@ -23,6 +22,7 @@ from service.api.pipeline import (
     TeacherResult,
     ranked,
     serve,
+    timing_headers,
 )
 from service.engine import EngineResult, ScoringEngine
 from service.features import TextLimits
@@ -31,8 +31,6 @@ from service.schemas import (
     ERROR_RESPONSES,
     ItemScore,
     ModelRef,
-    RerankRequest,
-    RerankResult,
     ScoreRequest,
     ScoreResponse,
     ShadowScoreRequest,
@@ -47,14 +45,6 @@ SettingsDep = Annotated[Settings, Depends(get_settings)]
 EngineDep = Annotated[ScoringEngine, Depends(get_engine)]
 ShadowDep = Annotated[TeacherShadow, Depends(get_shadow)]
 LimitsDep = Annotated[TextLimits, Depends(get_text_limits)]
-
-
-def _timing_headers(response: Response, total_s: float, result: EngineResult) -> None:
-    # The names text-embeddings-inference uses, in milliseconds.
-    response.headers["x-total-time"] = f"{total_s * 1000:.3f}"
-    response.headers["x-tokenization-time"] = f"{result.tokenize_s * 1000:.3f}"
-    response.headers["x-queue-time"] = f"{result.queue_s * 1000:.3f}"
-    response.headers["x-inference-time"] = f"{result.inference_s * 1000:.3f}"
 
 
 @router.post(
@@ -96,7 +86,7 @@ async def score(
             for i in order
         ]
         total_s = time.monotonic() - arrival_time(request.scope)
-        _timing_headers(response, total_s, result)
+        timing_headers(response, total_s, result)
         shadow.mirror(result.query, ids, result.texts, result.scores)
         return ScoreResponse(
             model=ModelRef(name=manifest.name, version=manifest.version),
@@ -110,44 +100,6 @@ async def score(
             ),
             truncated=int(result.truncated.sum()),
         )
-
-    return await serve(request, settings, call, StudentBackend(engine), answer)
-
-
-@router.post(
-    "/rerank",
-    response_model=list[RerankResult],
-    response_model_exclude_none=True,
-    summary="text-embeddings-inference compatible rerank",
-    description=(
-        "Same model and batching as `/score`, in TEI's `/rerank` shape: results sorted by "
-        "score with the original `index`; `raw_scores` returns logits."
-    ),
-)
-async def rerank(
-    body: RerankRequest,
-    request: Request,
-    response: Response,
-    settings: SettingsDep,
-    engine: EngineDep,
-) -> list[RerankResult]:
-    call = ScoringCall(
-        query=body.query,
-        texts=body.texts,
-        truncate=body.truncate,
-        max_items=settings.max_items,
-        fields=RERANK_FIELDS,
-    )
-
-    def answer(result: EngineResult) -> list[RerankResult]:
-        values = result.logits.astype(np.float64) if body.raw_scores else result.scores
-        _timing_headers(response, time.monotonic() - arrival_time(request.scope), result)
-        return [
-            RerankResult(
-                index=i, score=float(values[i]), text=body.texts[i] if body.return_text else None
-            )
-            for i in ranked(values)
-        ]
 
     return await serve(request, settings, call, StudentBackend(engine), answer)
 

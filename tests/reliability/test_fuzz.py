@@ -20,6 +20,9 @@ EXAMPLES = 40
 OPERATIONS = {
     "POST /score",
     "POST /rerank",
+    "POST /infinity/rerank",
+    "POST /v1/rerank",
+    "POST /v2/rerank",
     "POST /shadow/score",
     "GET /healthz",
     "GET /readyz",
