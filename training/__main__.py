@@ -9,6 +9,7 @@ Examples::
 
     python -m training distill --size 0                  # human labels only
     python -m training label --limit 26564               # teacher labels, resumable
+    python -m training label --engine ray                # the same on Ray Data actors
     python -m training distill --size 26564              # + 26,564 teacher-labeled pairs
     python -m training committee --set committee.members=human-only,distill-n26564
     python -m training represent --set representation.architecture=late-interaction \
@@ -96,6 +97,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--limit", type=int, help="label: label the first LIMIT augmentation pairs")
     parser.add_argument(
+        "--engine",
+        choices=("local", "ray"),
+        help="label: run the teacher here or on Ray Data actors (RAY_ADDRESS: a cluster)",
+    )
+    parser.add_argument(
         "--max-seconds", type=float, help="teacher/label: stop (resumably) after this long"
     )
     parser.add_argument(
@@ -119,6 +125,8 @@ def main(argv: list[str] | None = None) -> int:
     overrides = _parse_set(args.set)
     if args.data:
         overrides.setdefault("paths", {})["data"] = args.data
+    if args.engine:
+        overrides.setdefault("label", {})["engine"] = args.engine
     config = load_config(args.config, overrides)
     command = reproduce_command(sys.argv[1:] if argv is None else argv)
     try:

@@ -84,6 +84,11 @@ class LabelConfig(_Section):
     chunk_size: int = Field(64, gt=0)
     batch_size: int = Field(16, gt=0)
     threads: int = Field(2, gt=0)
+    # "local": this process; "ray": Ray Data actors (training/label_ray.py), on this
+    # machine or the cluster RAY_ADDRESS names. Both write the same label cache.
+    engine: Literal["local", "ray"] = "local"
+    # Teacher actors of the Ray engine (each with ``threads`` CPU threads, or one GPU).
+    ray_actors: int = Field(1, gt=0)
 
 
 class StudentConfig(_Section):
@@ -184,8 +189,8 @@ class ExportConfig(_Section):
     student: str = "auto"
     version: str = "1.0.0"
     variants: tuple[str, ...] = ("fp32", "fp16", "int8")
-    # Where an exported representation student goes (models_dir/<this>): never the default
-    # package, which holds the cross-encoder.
+    # Where an exported representation student goes (models_dir/<this>, or an absolute
+    # path): never the default package, which holds the cross-encoder.
     representation_package: str = "minilm-homedepot-representation"
 
 

@@ -180,13 +180,30 @@ def stage_label(
     def remaining() -> float | None:
         return None if max_seconds is None else max(0.0, max_seconds - (time.monotonic() - started))
 
+    def label(pairs: pd.DataFrame, path: Path, limit: int | None, seconds: float | None):
+        settings = config.label
+        if settings.engine == "ray":
+            from training.label_ray import label_pairs_ray
+
+            return label_pairs_ray(
+                pairs,
+                path,
+                package_dir=config.teacher_package_dir,
+                cache_dir=config.path("teacher_cache_dir"),
+                limit=limit,
+                chunk_size=settings.chunk_size,
+                max_seconds=seconds,
+                actors=settings.ray_actors,
+                threads_per_actor=settings.threads,
+                batch_size=settings.batch_size,
+            )
+        return label_pairs(predict, pairs, path, limit, settings.chunk_size, seconds)
+
     counts = {}
     for split in config.label.splits if splits is None else splits:
         path = split_labels_path(config, dataset, split)
         sample = split_sample(config, dataset, split)
-        labels = label_pairs(
-            predict, sample, path, chunk_size=config.label.chunk_size, max_seconds=remaining()
-        )
+        labels = label(sample, path, None, remaining())
         counts[split] = len(labels)
         logger.info("%s: %d/%d pairs labeled -> %s", split, len(labels), len(sample), path)
     augmentation = load_augmentation(config, dataset)
@@ -195,14 +212,7 @@ def stage_label(
     )
     if remaining() is None or remaining() > 0:
         path = augmentation_labels_path(config, dataset)
-        labels = label_pairs(
-            predict,
-            augmentation,
-            path,
-            limit=wanted,
-            chunk_size=config.label.chunk_size,
-            max_seconds=remaining(),
-        )
+        labels = label(augmentation, path, wanted, remaining())
         counts["augmentation"] = len(labels)
         logger.info("augmentation: %d/%d pairs labeled -> %s", len(labels), wanted, path)
     return counts

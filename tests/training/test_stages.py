@@ -66,6 +66,31 @@ def test_label_stage_labels_a_test_sample_then_the_augmentation_prefix(tiny_pipe
         teacher_labeled_augmentation(config, dataset, len(augmentation) + 1)
 
 
+def test_label_stage_hands_the_ray_engine_the_same_pairs_and_cache(
+    tiny_pipeline, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import training.label_ray
+
+    config, dataset = tiny_pipeline.config, tiny_pipeline.dataset
+    calls = []
+
+    def fake_ray(pairs, path, **kwargs):
+        calls.append((len(pairs), path, kwargs))
+        return read_labels(path)
+
+    monkeypatch.setattr(training.label_ray, "label_pairs_ray", fake_ray)
+    ray_config = config.model_copy(
+        update={"label": config.label.model_copy(update={"engine": "ray", "ray_actors": 3})}
+    )
+    stage_label(ray_config)
+    (test_call, augmentation_call) = calls
+    assert test_call[1] == split_labels_path(config, dataset, "test")
+    assert augmentation_call[1] == augmentation_labels_path(config, dataset)
+    assert augmentation_call[2]["limit"] == max(curve_sizes(config, dataset))
+    assert augmentation_call[2]["actors"] == 3
+    assert augmentation_call[2]["package_dir"] == config.teacher_package_dir
+
+
 def test_distill_stage_trains_one_student_per_size_and_then_skips(
     tiny_pipeline, tmp_path: Path
 ) -> None:
