@@ -1,25 +1,48 @@
-"""Admission control: whether a scoring request's pairs may queue, and when to retry.
+"""Admission control by cost: a request is admitted when it is forecast to finish within its
+SLO budget, behind the work ahead of it in deadline order.
 
 One :class:`Admission` object is asked by everyone on the request path: the load-shedding
 middleware (``saturated``, before a body is read), the engine (``reserve``, once a request
-is parsed), the request pipeline (``note_overhead``, once it is answered) and ``/info``
-(``load``). Nothing else keeps admission state.
+is parsed; ``observe_batch`` for each batch the worker runs), the request pipeline
+(``note_overhead``, once it is answered) and ``/info`` (``load``). Nothing else keeps
+admission state, and nobody else looks into the batcher to judge load.
 
-The time a request would wait comes from a :class:`Forecast`. Today's is
-:class:`ThroughputForecast`: pairs per second measured on the batches the inference worker
-runs, plus the time requests spend outside the model. It is a separate object so that a
-cost model (per padded shape, measured at warm-up) can replace it without touching the
-admission rules.
+**Cost** (:class:`CostModel`): one batch of ``rows`` pairs padded to ``width`` tokens takes
+``a + b * rows * width`` seconds. ``a`` and ``b`` are fitted by least squares to timed runs
+of the real session at warm-up (several batch sizes by several lengths), then kept up to
+date from every batch the worker runs: exponentially weighted least squares (recursive
+least squares with forgetting, in closed form over decayed sums), so the model follows the
+machine (a neighbour taking CPU, a thermal limit) within a few dozen batches. A request's
+work is its pairs' tokens (estimated from characters before tokenization, at a measured
+characters-per-token ratio, then replaced by the true count), times the measured padding
+factor, plus ``a`` for each batch its pairs need.
+
+**Forecast and rule**: each admitted request holds a :class:`Ticket` with its remaining
+work and its *due* instant: ``arrival + latency_s * max(1, n / latency_items)`` (the SLO
+budget times ``admission_slo_factor``), or its own deadline if that comes first. The batcher
+serves pairs earliest-due first (:mod:`service.batcher`), so the work ahead of a request is
+exactly the admitted work due no later than it. A request is refused (429) when
+
+* its own forecast completion (now + work due before it + its own + the measured
+  per-request overhead) passes its due instant, or
+* admitting it would make an admitted request, forecast on time without it, late (a
+  newcomer with an earlier due instant pushes back everything due after it).
+
+Nothing depends on how far apart requests arrive: a burst whose work fits within the
+budgets is admitted whole, one that does not is cut where it stops fitting. An empty
+queue always admits (a request alone is served as fast as the model can), and so does a
+model not yet measured.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import math
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 from service.errors import NotReady, Overloaded, PayloadTooLarge
@@ -31,31 +54,36 @@ class AdmissionConfig:
     """Admission limits; plain values unpacked from the settings."""
 
     max_queue_pairs: int = 4096
-    # Latency-aware admission (0 = off): a request of n pairs is refused (429) when the
-    # admitted pairs plus its own, at the forecast's throughput, plus the measured
-    # per-request overhead, would take longer than latency_s * max(1, n / latency_items).
-    # The app sets it from the SLO, so that under overload the requests it accepts are
-    # answered within the SLO instead of all of them queueing past it. An empty queue
-    # always admits.
+    # The SLO budget admission holds requests to (0 = off: only max_queue_pairs limits):
+    # a request of n pairs is due latency_s * max(1, n / latency_items) after it arrived.
+    # The app sets it from the SLO times admission_slo_factor.
     latency_s: float = 0.0
     latency_items: int = 100
-    # Burst allowance: pairs up to free_batches full batches (of batch_pairs) are admitted
-    # whatever the forecast says, while it has not been measured on large batches yet, and
-    # for a burst from idle: requests that follow one that found the queue empty, each
-    # within burst_gap_s of the one before (a page's fan-out arrives at once). Steady
-    # overload arrives spread out, so a chain of close arrivals from idle is rare there
-    # and it is judged by the forecast.
-    free_batches: int = 4
+    # Pairs per batch the forecast counts batches by (the tuned max_batch_size).
     batch_pairs: int = 64
-    burst_gap_s: float = 0.005
+    # Tokens of one pair at most (the model's max_length): caps the character estimate.
+    max_pair_tokens: int = 512
+
+
+@dataclass(frozen=True)
+class TimedRun:
+    """One timed batch: ``rows`` pairs padded to ``width`` tokens took ``seconds``."""
+
+    rows: int
+    width: int
+    seconds: float
+
+    @property
+    def padded_tokens(self) -> int:
+        return self.rows * self.width
 
 
 class Forecast(Protocol):
-    """How long queued work will take: the one source of time admission uses."""
+    """What a request's work costs: the one source of time admission uses."""
 
     @property
-    def pairs_per_s(self) -> float:
-        """Throughput the forecast assumes (0 before anything was measured or seeded)."""
+    def calibrated(self) -> bool:
+        """Whether anything was measured (before that, admission only counts capacity)."""
         ...
 
     @property
@@ -63,90 +91,219 @@ class Forecast(Protocol):
         """Time a request spends outside the queue and the model."""
         ...
 
-    @property
-    def calibrated(self) -> bool:
-        """Whether the forecast was measured under load (before that a burst is admitted)."""
+    def pair_tokens(self, query_chars: int, text_chars: int) -> float:
+        """Estimated tokens of one pair before tokenization."""
         ...
 
-    def queue_s(self, pairs: int) -> float:
-        """Seconds until ``pairs`` queued pairs are scored (``inf`` when unknown)."""
+    def work_s(self, pairs: int, tokens: float) -> float:
+        """Seconds of model time for ``pairs`` pairs of ``tokens`` real tokens in all."""
         ...
 
-    def seed(self, pairs_per_s: float) -> None:
-        """A first figure (from warm-up), used until batches have been measured."""
+    def fit(self, runs: Iterable[TimedRun]) -> None:
+        """Timed runs of the real session (warm-up)."""
         ...
 
-    def observe_batch(self, pairs: int, started: float, elapsed_s: float, backlogged: bool) -> None:
-        """A batch of ``pairs`` ran from ``started`` for ``elapsed_s``; ``backlogged``: work
-        was still queued when it ended."""
+    def observe_batch(
+        self,
+        rows: int,
+        width: int,
+        real_tokens: int,
+        started: float,
+        elapsed_s: float,
+        backlogged: bool,
+    ) -> None:
+        """A batch ran from ``started`` for ``elapsed_s``; ``backlogged``: the next batch
+        was already packed and waiting when it ended."""
+        ...
+
+    def note_tokens(self, chars: int, tokens: int) -> None:
+        """A tokenized request: ``chars`` characters (the query counted once per pair) gave
+        ``tokens`` tokens, special tokens not counted."""
         ...
 
     def note_overhead(self, seconds: float) -> None:
         """One request's time outside the queue and the model."""
         ...
 
+    def describe(self) -> dict[str, float]:
+        """The fitted figures (``/info``)."""
+        ...
 
-class ThroughputForecast:
-    """Pairs per second measured on the batches that ran, and the mean request overhead.
 
-    Small batches (light load) understate what the model does when the queue is full,
-    which is when admission needs the number: once large batches (a quarter of
-    ``batch_pairs`` or more) were seen, only they update it. While work is queued, a
-    batch is timed from the end of the previous one, so the rate includes the pipeline's
-    gaps (padding, hand-offs, a starved event loop): the rate at which pairs really leave
-    the queue.
+class CostModel:
+    """``batch_s = a + b * padded_tokens``, fitted at warm-up and updated per batch.
+
+    The fit is weighted least squares over exponentially decayed sums (each new batch
+    multiplies the old weights by ``forgetting``): the closed form of recursive least
+    squares with forgetting, without its covariance matrix's numerical care. When the
+    batches seen cannot separate ``a`` from ``b`` (of about one size: padded tokens varying
+    by less than ~20%), both are scaled to what those batches cost (the machine's speed
+    changed, not the split between them); neither may go negative.
+
+    While the model is the bottleneck (a packed batch was waiting when the previous one
+    ended), a batch is timed from the end of the previous one, so the cost includes the
+    pipeline's gaps (hand-offs, a starved event loop): the rate at which work really leaves
+    the queue, not only the time inside ``session.run``. A gap while the queue only waited
+    for arrivals is not the model's cost and is not counted.
     """
 
-    def __init__(self, batch_pairs: int = 64) -> None:
-        self._large_pairs = max(1, batch_pairs // 4)
-        self._pairs_per_s = 0.0
-        self._avg_pairs = 0.0
-        self._avg_span_s = 0.0
-        self._overhead_s = 0.0
-        self._from_large = False
-        self._last_end = 0.0
-        self._backlogged = False  # work was queued when the last batch ended
+    SPECIAL_TOKENS = 3  # [CLS] query [SEP] text [SEP]
 
+    def __init__(
+        self,
+        batch_pairs: int = 64,
+        max_pair_tokens: int = 512,
+        *,
+        forgetting: float = 0.97,
+        chars_per_token: float = 4.0,
+        padding_factor: float = 1.2,
+    ) -> None:
+        self.batch_pairs = max(1, batch_pairs)
+        self.max_pair_tokens = max_pair_tokens
+        self.forgetting = forgetting
+        self.a = 0.0  # seconds per batch
+        self.b = 0.0  # seconds per padded token
+        self.chars_per_token = chars_per_token
+        self.padding_factor = padding_factor  # padded / real tokens in the batches that ran
+        self._sums = [0.0] * 5  # w, x, y, xx, xy   (x = padded tokens, y = seconds)
+        self._overhead_s = 0.0
+        self._last_end = 0.0
+        self._backlogged = False
+        self.batches_seen = 0
+
+    # ------------------------------------------------------------------ reading
     @property
-    def pairs_per_s(self) -> float:
-        return self._pairs_per_s
+    def calibrated(self) -> bool:
+        return self.b > 0
 
     @property
     def overhead_s(self) -> float:
         return self._overhead_s
 
-    @property
-    def calibrated(self) -> bool:
-        return self._from_large
+    def pair_tokens(self, query_chars: int, text_chars: int) -> float:
+        tokens = (query_chars + text_chars) / self.chars_per_token + self.SPECIAL_TOKENS
+        return min(float(self.max_pair_tokens), tokens)
 
-    def queue_s(self, pairs: int) -> float:
-        return pairs / self._pairs_per_s if self._pairs_per_s > 0 else math.inf
+    def work_s(self, pairs: int, tokens: float) -> float:
+        if pairs <= 0:
+            return 0.0
+        if not self.calibrated:
+            return math.inf
+        batches = math.ceil(pairs / self.batch_pairs)
+        return batches * self.a + self.b * tokens * self.padding_factor
 
-    def seed(self, pairs_per_s: float) -> None:
-        if self._pairs_per_s == 0 and pairs_per_s > 0:
-            self._pairs_per_s = pairs_per_s
+    def pairs_per_s(self, tokens_per_pair: float) -> float:
+        """Throughput on full batches of pairs this long (``/info``)."""
+        n = self.batch_pairs
+        seconds = self.work_s(n, n * tokens_per_pair)
+        return n / seconds if 0 < seconds < math.inf else 0.0
 
-    def observe_batch(self, pairs: int, started: float, elapsed_s: float, backlogged: bool) -> None:
+    def describe(self) -> dict[str, float]:
+        return {
+            "batch_ms": round(self.a * 1000, 3),
+            "token_us": round(self.b * 1e6, 3),
+            "padding_factor": round(self.padding_factor, 3),
+            "chars_per_token": round(self.chars_per_token, 2),
+            "batch_pairs": self.batch_pairs,
+            "batches_seen": self.batches_seen,
+        }
+
+    # ------------------------------------------------------------------ learning
+    def fit(self, runs: Iterable[TimedRun]) -> None:
+        self._sums = [0.0] * 5
+        for run in runs:
+            self._add(run.padded_tokens, run.seconds, decay=1.0)
+        self._solve()
+
+    def observe_batch(
+        self,
+        rows: int,
+        width: int,
+        real_tokens: int,
+        started: float,
+        elapsed_s: float,
+        backlogged: bool,
+    ) -> None:
         ended = started + elapsed_s
         span = ended - self._last_end if self._backlogged else elapsed_s
         self._last_end = ended
         self._backlogged = backlogged
-        large = pairs >= self._large_pairs
-        if span <= 0 or not (large or not self._from_large):
+        padded = rows * width
+        if real_tokens > 0 and padded >= real_tokens:
+            self.padding_factor = 0.9 * self.padding_factor + 0.1 * (padded / real_tokens)
+        if span <= 0 or padded <= 0:
             return
-        # Pairs and seconds are averaged apart and divided (not the rates averaged): a
-        # slow batch then weighs by the time it took, so the rate is not optimistic.
-        if (large and not self._from_large) or self._avg_span_s == 0:
-            self._avg_pairs, self._avg_span_s = float(pairs), span
-        else:
-            self._avg_pairs = 0.8 * self._avg_pairs + 0.2 * pairs
-            self._avg_span_s = 0.8 * self._avg_span_s + 0.2 * span
-        self._pairs_per_s = self._avg_pairs / self._avg_span_s
-        self._from_large = self._from_large or large
+        self.batches_seen += 1
+        self._add(padded, span, decay=self.forgetting)
+        self._solve()
+
+    def note_tokens(self, chars: int, tokens: int) -> None:
+        if chars > 0 and tokens > 0:
+            self.chars_per_token = 0.8 * self.chars_per_token + 0.2 * (chars / tokens)
 
     def note_overhead(self, seconds: float) -> None:
         seconds = max(0.0, seconds)
         self._overhead_s = 0.8 * self._overhead_s + 0.2 * seconds if self._overhead_s else seconds
+
+    def _add(self, x: float, y: float, decay: float) -> None:
+        s = self._sums
+        for i in range(5):
+            s[i] *= decay
+        s[0] += 1.0
+        s[1] += x
+        s[2] += y
+        s[3] += x * x
+        s[4] += x * y
+
+    def _solve(self) -> None:
+        w, sx, sy, sxx, sxy = self._sums
+        if w <= 0:
+            return
+        mean_x, mean_y = sx / w, sy / w
+        var_x = sxx / w - mean_x * mean_x
+        if var_x > 0.04 * mean_x * mean_x:
+            b = (sxy / w - mean_x * mean_y) / var_x
+            a = mean_y - b * mean_x
+            if b > 0 and a >= 0:
+                self.a, self.b = a, b
+                return
+        # One shape only (or a fit with a negative term): the batches say how fast the
+        # machine is now, not how cost splits between a and b, so both are scaled to match
+        # them (all per token before anything was fitted).
+        if mean_x <= 0:
+            return
+        predicted = self.a + self.b * mean_x
+        if self.b <= 0 or predicted <= 0:
+            self.a, self.b = 0.0, mean_y / mean_x
+            return
+        ratio = mean_y / predicted
+        self.a *= ratio
+        self.b *= ratio
+
+
+_seq = itertools.count()
+
+
+@dataclass(eq=False)
+class Ticket:
+    """One admitted request's place in the forecast: its work and when it is due."""
+
+    pairs: int
+    tokens: float  # real tokens of its pairs (estimated until tokenized)
+    due: float  # time.monotonic() instant its answer is due by (the EDF key)
+    seq: int = field(default_factory=lambda: next(_seq))
+    # Pairs still to score (the engine points it at the batcher's count).
+    progress: Callable[[], int] | None = None
+
+    @property
+    def key(self) -> tuple[float, int]:
+        return (self.due, self.seq)
+
+    def left(self) -> tuple[int, float]:
+        """Pairs and tokens not scored yet."""
+        pairs = self.progress() if self.progress is not None else self.pairs
+        pairs = max(0, min(self.pairs, pairs))
+        return pairs, self.tokens * pairs / self.pairs if self.pairs else 0.0
 
 
 class Admission:
@@ -161,15 +318,16 @@ class Admission:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.config = config or AdmissionConfig()
-        self.forecast: Forecast = forecast or ThroughputForecast(self.config.batch_pairs)
+        self.forecast: Forecast = forecast or CostModel(
+            self.config.batch_pairs, self.config.max_pair_tokens
+        )
         self._metrics = metrics
         self._clock = clock
+        self._tickets: list[Ticket] = []
         self._reserved_pairs = 0
         self._idle = asyncio.Event()  # set while no pairs are reserved
         self._idle.set()
         self._closing = False
-        self._burst_open = False
-        self._last_arrival_at = -math.inf
 
     @property
     def reserved_pairs(self) -> int:
@@ -180,9 +338,34 @@ class Admission:
         """Admit nothing more (shutdown); reservations held run to their end."""
         self._closing = True
 
+    def estimate_tokens(self, query: str, texts: Iterable[str]) -> float:
+        """A request's tokens before it is tokenized (characters at the measured ratio)."""
+        q = len(query)
+        return sum(self.forecast.pair_tokens(q, len(t)) for t in texts)
+
+    def due(self, n_pairs: int, arrived: float | None, deadline: float | None) -> float:
+        """The instant a request of ``n_pairs`` arriving at ``arrived`` is due by."""
+        cfg = self.config
+        arrived = self._clock() if arrived is None else arrived
+        due = deadline if deadline is not None else math.inf
+        if cfg.latency_s > 0:
+            due = min(due, arrived + cfg.latency_s * max(1.0, n_pairs / cfg.latency_items))
+        return due
+
     @contextlib.contextmanager
-    def reserve(self, n_pairs: int) -> Iterator[None]:
-        """Hold ``n_pairs`` of queue capacity for one request, or fail fast."""
+    def reserve(
+        self,
+        n_pairs: int,
+        *,
+        tokens: float | None = None,
+        arrived: float | None = None,
+        deadline: float | None = None,
+    ) -> Iterator[Ticket]:
+        """Hold ``n_pairs`` of queue capacity for one request, or fail fast.
+
+        ``tokens``: the request's estimated tokens (default: pairs of mean length);
+        ``arrived``/``deadline``: ``time.monotonic()`` instants its due time counts from.
+        """
         if self._closing:
             raise NotReady("the server is shutting down")
         capacity = self.config.max_queue_pairs
@@ -196,30 +379,29 @@ class Admission:
                 f"queue full ({self._reserved_pairs} of {capacity} pairs in flight); retry later",
                 retry_after_s=self.retry_after_s(),
             )
-        now = self._clock()
-        if self._reserved_pairs == 0:
-            self._burst_open = True
-        elif now - self._last_arrival_at > self.config.burst_gap_s:
-            self._burst_open = False
-        self._last_arrival_at = now
-        if not self._within_latency(n_pairs):
-            rate = self.forecast.pairs_per_s
-            raise Overloaded(
-                f"overloaded: {self._reserved_pairs} pairs ahead would take "
-                f"{self.forecast.queue_s(self._reserved_pairs):.2f} s at "
-                f"{rate:.0f} pairs/s; retry later",
-                retry_after_s=self.retry_after_s(),
-            )
+        if tokens is None:
+            tokens = n_pairs * self.forecast.pair_tokens(16, 48)
+        ticket = Ticket(n_pairs, float(tokens), self.due(n_pairs, arrived, deadline))
+        late = self._refusal(ticket, protect_others=True)
+        if late is not None:
+            raise Overloaded(late, retry_after_s=self.retry_after_s())
+        self._tickets.append(ticket)
         self._reserved_pairs += n_pairs
         self._idle.clear()
         self._gauge()
         try:
-            yield
+            yield ticket
         finally:
+            self._tickets.remove(ticket)
             self._reserved_pairs -= n_pairs
             if self._reserved_pairs == 0:
                 self._idle.set()
             self._gauge()
+
+    def forecast_s(self, ticket: Ticket) -> float:
+        """Seconds from now until an admitted ``ticket`` is forecast answered."""
+        ahead = [t for t in self._tickets if t.key <= ticket.key]
+        return self._work_s(ahead) + self.forecast.overhead_s
 
     async def wait_idle(self, timeout_s: float) -> bool:
         """Wait until every admitted request has been answered; False on timeout."""
@@ -230,12 +412,13 @@ class Admission:
         return True
 
     def saturated(self) -> bool:
-        """Whether even a one-pair request would be refused for latency right now."""
-        return not self._within_latency(1)
+        """Whether even a one-pair request arriving now would be refused for latency."""
+        probe = Ticket(1, self.forecast.pair_tokens(16, 48), self.due(1, None, None))
+        return self._refusal(probe, protect_others=False) is not None
 
     def retry_after_s(self) -> int:
-        """Seconds until the admitted pairs are likely done (for ``Retry-After``)."""
-        wait_s = self.forecast.queue_s(self._reserved_pairs)
+        """Seconds until the admitted work is likely done (for ``Retry-After``)."""
+        wait_s = self._work_s(self._tickets)
         if not math.isfinite(wait_s):
             return 1
         return int(min(60, max(1, math.ceil(wait_s))))
@@ -245,32 +428,99 @@ class Admission:
         answering), as the request pipeline measured it; admission budgets for it too."""
         self.forecast.note_overhead(seconds)
 
+    def note_tokens(self, ticket: Ticket, chars: int, tokens: int) -> None:
+        """A request was tokenized: ``tokens`` (special tokens included) replaces the
+        estimate, and the characters-per-token ratio learns from it."""
+        self.forecast.note_tokens(chars, tokens - CostModel.SPECIAL_TOKENS * ticket.pairs)
+        ticket.tokens = float(tokens)
+
+    def observe_batch(
+        self,
+        rows: int,
+        width: int,
+        real_tokens: int,
+        started: float,
+        elapsed_s: float,
+        backlogged: bool,
+    ) -> None:
+        """A batch the worker ran: the cost model learns from it."""
+        self.forecast.observe_batch(rows, width, real_tokens, started, elapsed_s, backlogged)
+        self._gauge_cost()
+
+    def set_batch_pairs(self, batch_pairs: int) -> None:
+        """The batch size chosen at warm-up (the forecast counts batches by it)."""
+        self.config = replace(self.config, batch_pairs=max(1, batch_pairs))
+        if isinstance(self.forecast, CostModel):
+            self.forecast.batch_pairs = max(1, batch_pairs)
+
+    def fit(self, runs: Iterable[TimedRun]) -> None:
+        """Warm-up's timed runs of the real session."""
+        self.forecast.fit(runs)
+        self._gauge_cost()
+
     def load(self) -> dict[str, Any]:
         """What admission looks at right now (``/info``; operators, the reliability run)."""
+        forecast = self.forecast
+        queue_s = self._work_s(self._tickets)
+        rate = forecast.pairs_per_s(20.0) if isinstance(forecast, CostModel) else 0.0
         return {
             "reserved_pairs": self._reserved_pairs,
-            "measured_pairs_per_s": round(self.forecast.pairs_per_s, 1),
-            "request_overhead_ms": round(self.forecast.overhead_s * 1000, 1),
+            "forecast_queue_ms": round(queue_s * 1000, 1) if math.isfinite(queue_s) else None,
+            "measured_pairs_per_s": round(rate, 1),
+            "request_overhead_ms": round(forecast.overhead_s * 1000, 1),
+            "cost_model": forecast.describe(),
         }
 
-    def _within_latency(self, n_pairs: int) -> bool:
-        """Whether ``n_pairs`` more would be answered within the admission latency budget."""
-        cfg = self.config
-        forecast = self.forecast
-        if cfg.latency_s <= 0 or self._reserved_pairs == 0 or forecast.pairs_per_s <= 0:
-            return True
-        # Burst allowance (see AdmissionConfig): before large batches are timed the rate
-        # understates a burst packed into full batches; after, only a burst from idle gets
-        # it, so sustained overload cannot keep that many batches queued past the budget.
-        free_pairs = cfg.free_batches * cfg.batch_pairs
-        if (self._burst_open or not forecast.calibrated) and (
-            self._reserved_pairs + n_pairs <= free_pairs
-        ):
-            return True
-        budget_s = cfg.latency_s * max(1.0, n_pairs / cfg.latency_items)
-        wait_s = forecast.queue_s(self._reserved_pairs + n_pairs)
-        return wait_s + forecast.overhead_s <= budget_s
+    # ------------------------------------------------------------------ the rule
+    def _work_s(self, tickets: Iterable[Ticket]) -> float:
+        pairs, tokens = 0, 0.0
+        for t in tickets:
+            p, k = t.left()
+            pairs += p
+            tokens += k
+        return self.forecast.work_s(pairs, tokens)
+
+    def _refusal(self, new: Ticket, protect_others: bool) -> str | None:
+        """Why ``new`` must be refused, or ``None`` to admit it."""
+        if self.config.latency_s <= 0 or not self._tickets or not self.forecast.calibrated:
+            return None
+        now = self._clock()
+        overhead = self.forecast.overhead_s
+        ordered = sorted(self._tickets, key=lambda t: t.key)
+        ahead = [t for t in ordered if t.key <= new.key]
+        finish = now + self._work_s([*ahead, new]) + overhead
+        if finish > new.due:
+            return (
+                f"overloaded: {sum(t.left()[0] for t in ahead)} pairs due first would take "
+                f"{finish - now - overhead:.2f} s and this request is due in "
+                f"{max(0.0, new.due - now):.2f} s; retry later"
+            )
+        if not protect_others:
+            return None
+        # Requests due after the newcomer: its work delays each of them.
+        pairs, tokens = 0, 0.0
+        new_pairs, new_tokens = new.left()
+        for t in ordered:
+            p, k = t.left()
+            pairs += p
+            tokens += k
+            if t.key <= new.key:
+                continue
+            without = now + self.forecast.work_s(pairs, tokens) + overhead
+            with_new = now + self.forecast.work_s(pairs + new_pairs, tokens + new_tokens) + overhead
+            if without <= t.due < with_new:
+                return (
+                    f"overloaded: this request would make an admitted one, due in "
+                    f"{t.due - now:.2f} s, late; retry later"
+                )
+        return None
 
     def _gauge(self) -> None:
         if self._metrics is not None:
             self._metrics.inflight_pairs.set(self._reserved_pairs)
+
+    def _gauge_cost(self) -> None:
+        forecast = self.forecast
+        if self._metrics is not None and isinstance(forecast, CostModel):
+            self._metrics.batch_cost_fixed.set(forecast.a)
+            self._metrics.batch_cost_per_token.set(forecast.b)

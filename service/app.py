@@ -27,8 +27,9 @@ from service.engine import ScoringEngine
 from service.features import TextLimits
 from service.metrics import Metrics
 from service.middleware import BodySizeLimit, LoadShedding, LoopLag, RequestMetrics
-from service.settings import Settings
+from service.settings import DEFAULT_MAX_BATCH_SIZE, Settings
 from service.shadow import ShadowScorer, TeacherShadow, load_teacher_scorer
+from service.warmup import LadderConfig
 
 log = logging.getLogger(__name__)
 
@@ -57,9 +58,9 @@ def _version() -> str:
 
 
 def batcher_config(settings: Settings) -> BatcherConfig:
-    """The batcher's limits from the settings."""
+    """The batcher's limits from the settings (the batch size until the ladder picks one)."""
     return BatcherConfig(
-        max_batch_size=settings.max_batch_size,
+        max_batch_size=settings.max_batch_size or DEFAULT_MAX_BATCH_SIZE,
         max_batch_tokens=settings.max_batch_tokens,
         max_wait_ms=settings.max_wait_ms,
         window_batches=settings.pack_window_batches,
@@ -72,8 +73,22 @@ def admission_config(settings: Settings) -> AdmissionConfig:
         max_queue_pairs=settings.max_queue_pairs,
         latency_s=settings.slo_latency_ms / 1000 * settings.admission_slo_factor,
         latency_items=settings.slo_items,
-        batch_pairs=settings.max_batch_size,
-        burst_gap_s=settings.admission_burst_gap_ms / 1000,
+        batch_pairs=settings.max_batch_size or DEFAULT_MAX_BATCH_SIZE,
+    )
+
+
+def ladder_config(settings: Settings) -> LadderConfig | None:
+    """What the warm-up ladder may tune: the knobs the settings leave unset."""
+    if not settings.warmup or settings.tune_budget_s <= 0:
+        return None
+    return LadderConfig(
+        budget_s=settings.tune_budget_s,
+        max_batch_tokens=settings.max_batch_tokens,
+        fixed_batch_size=settings.max_batch_size,
+        fixed_threads=settings.intra_op_threads,
+        fixed_spinning=settings.intra_op_spinning,
+        threads=settings.intra_op_threads or 0,
+        spinning=bool(settings.intra_op_spinning),
     )
 
 
@@ -89,13 +104,15 @@ def load_engine(settings: Settings, metrics: Metrics) -> ScoringEngine:
         metrics,
         provider=settings.provider,
         variant=settings.variant,
-        intra_op_threads=settings.intra_op_threads,
-        intra_op_spinning=settings.intra_op_spinning,
+        intra_op_threads=settings.intra_op_threads or 0,
+        intra_op_spinning=bool(settings.intra_op_spinning),
         limits=text_limits(settings),
         batching=batcher_config(settings),
         admission=admission_config(settings),
         tokenizer_threads=settings.tokenizer_threads,
         warmup=settings.warmup,
+        ladder=ladder_config(settings),
+        cache_bytes=int(settings.score_cache_mb * 1024 * 1024),
     )
 
 

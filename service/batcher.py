@@ -7,9 +7,17 @@
    pairs and ``max_batch_tokens`` padded tokens. It runs a batch as soon as one is full;
    a partial batch runs once its oldest pair has waited ``max_wait_ms`` *and* the model
    is idle (while the model is busy, waiting longer costs nothing and fills the batch).
-   Packing is length-aware: within a window of the oldest pairs, the batch is grown
-   around the oldest pair (so nothing starves) by the neighbours in length order that
-   add the least padding. Cancelled pairs and pairs past their deadline are skipped.
+   The queue is in earliest-deadline-first order: pairs are kept sorted by their
+   request's *due* instant (admission's SLO budget, or the request's own deadline if
+   sooner; then arrival), so the request due first is served first. Packing is
+   length-aware: within a window of the first pairs in that order, the batch is grown
+   around the first pair by the neighbours in length order that add the least padding.
+   Cancelled pairs and pairs past their deadline are skipped.
+
+   Starvation: nothing but due instants orders the queue, and a request's due instant is
+   fixed when it arrives and never earlier than its arrival. So a request due at ``D`` can
+   only be overtaken by requests that arrived before ``D``: its wait is bounded by the work
+   that arrived before ``D``, however many tighter requests keep arriving after.
 3. The batch is padded (``collate``) on a preparation thread while the previous batch
    is still in the model, then handed over through a one-slot queue to the inference
    worker (:mod:`service.worker`), which ``take``\\ s it and ``release``\\ s the model.
@@ -18,10 +26,12 @@
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextlib
+import itertools
 import logging
+import math
 import time
-from collections import deque
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -56,6 +66,9 @@ class BatchResult:
     batches: int
 
 
+_request_seq = itertools.count()
+
+
 @dataclass(eq=False)
 class PendingRequest:
     """One request's place in the batcher: its logits fill in as batches complete."""
@@ -64,9 +77,16 @@ class PendingRequest:
     remaining: int
     future: asyncio.Future[BatchResult]
     deadline: float
+    due: float = math.inf  # the EDF key: when its answer is due (<= deadline)
+    seq: int = field(default_factory=lambda: next(_request_seq))
     queue_s: float = 0.0
     inference_s: float = 0.0
     batches: int = 0
+
+    @property
+    def key(self) -> tuple[float, int]:
+        """Queue order: earliest due first, then first opened."""
+        return (self.due, self.seq)
 
 
 @dataclass(eq=False, slots=True)
@@ -94,7 +114,7 @@ class MicroBatcher:
     def __init__(self, config: BatcherConfig | None = None, metrics: Metrics | None = None) -> None:
         self.config = config or BatcherConfig()
         self._metrics = metrics
-        self._pending: deque[Pending] = deque()
+        self._pending: list[Pending] = []  # sorted by request.key (EDF)
         self._pending_pairs = 0
         self._wakeup = asyncio.Event()
         self._ready: asyncio.Queue[Batch | None] = asyncio.Queue(maxsize=1)
@@ -148,18 +168,25 @@ class MicroBatcher:
         """Whether pairs are queued or a packed batch waits for the model."""
         return self._pending_pairs > 0 or not self._ready.empty()
 
+    def batch_waiting(self) -> bool:
+        """Whether a packed batch waits for the model (the model is the bottleneck now)."""
+        return not self._ready.empty()
+
     # ------------------------------------------------------------------ requests
-    async def score(self, pairs: Sequence[EncodedPair], deadline: float) -> BatchResult:
+    async def score(
+        self, pairs: Sequence[EncodedPair], deadline: float, due: float | None = None
+    ) -> BatchResult:
         """Queue tokenized pairs and wait for their logits (in input order).
 
         ``deadline`` is a ``time.monotonic()`` instant; past it the request fails with
-        :class:`DeadlineExceeded` and its pairs still queued are skipped.
+        :class:`DeadlineExceeded` and its pairs still queued are skipped. ``due`` (default:
+        the deadline) orders the queue, earliest first.
         """
-        request = self.open(len(pairs), deadline)
+        request = self.open(len(pairs), deadline, due)
         self.add(request, 0, pairs)
         return await self.result(request)
 
-    def open(self, n_pairs: int, deadline: float) -> PendingRequest:
+    def open(self, n_pairs: int, deadline: float, due: float | None = None) -> PendingRequest:
         """Start a request of ``n_pairs`` whose pairs arrive in parts through :meth:`add`.
 
         A large request is tokenized in chunks and each chunk queued as soon as it is
@@ -176,6 +203,7 @@ class MicroBatcher:
             remaining=n_pairs,
             future=asyncio.get_running_loop().create_future(),
             deadline=deadline,
+            due=min(deadline, due) if due is not None else deadline,
         )
 
     def add(self, request: PendingRequest, start: int, pairs: Sequence[EncodedPair]) -> None:
@@ -183,9 +211,11 @@ class MicroBatcher:
         if request.future.done():
             return  # failed or cancelled meanwhile: nothing left to compute
         now = time.monotonic()
-        self._pending.extend(
+        # After every pair due no later (this request's earlier chunks included).
+        at = bisect.bisect_right(self._pending, request.key, key=lambda it: it.request.key)
+        self._pending[at:at] = [
             Pending(request, start + i, p, len(p), now) for i, p in enumerate(pairs)
-        )
+        ]
         self._pending_pairs += len(pairs)
         self._gauge_queue()
         self._wakeup.set()
@@ -306,21 +336,27 @@ class MicroBatcher:
 
     def _skip_dead_head(self) -> None:
         now = time.monotonic()
-        while self._pending and self._is_dead(self._pending[0], now):
-            self._pending.popleft()
-            self._pending_pairs -= 1
+        dead = 0
+        while dead < len(self._pending) and self._is_dead(self._pending[dead], now):
+            dead += 1
+        if dead:
+            del self._pending[:dead]
+            self._pending_pairs -= dead
         self._gauge_queue()
 
     def _pop_batch(self) -> list[Pending]:
-        """Take the next batch: the oldest pair plus the neighbours in length that pad least."""
+        """Take the next batch: the first pair due plus the neighbours in length that pad least."""
         cfg = self.config
         now = time.monotonic()
         window: list[Pending] = []
-        while self._pending and len(window) < cfg.max_batch_size * cfg.window_batches:
-            item = self._pending.popleft()
-            self._pending_pairs -= 1
+        taken = 0
+        while taken < len(self._pending) and len(window) < cfg.max_batch_size * cfg.window_batches:
+            item = self._pending[taken]
+            taken += 1
             if not self._is_dead(item, now):
                 window.append(item)
+        del self._pending[:taken]
+        self._pending_pairs -= taken
         if not window:
             self._gauge_queue()
             return []
@@ -351,15 +387,15 @@ class MicroBatcher:
         chosen = set(order[lo : hi + 1])
         batch = [window[i] for i in sorted(chosen)]
         rest = [item for i, item in enumerate(window) if i not in chosen]
-        self._pending.extendleft(reversed(rest))  # back at the head, in their original order
+        self._pending[0:0] = rest  # back at the head, in their order
         self._pending_pairs += len(rest)
         self._gauge_queue()
         return batch
 
     # ------------------------------------------------------------------ helpers
     def _fail_all(self, error: Exception) -> None:
-        while self._pending:
-            item = self._pending.popleft()
+        pending, self._pending = self._pending, []
+        for item in pending:
             if not item.request.future.done():
                 item.request.future.set_exception(error)
         self._pending_pairs = 0

@@ -2,9 +2,13 @@
 behind one async ``score()``.
 
 The engine is what the app's lifespan owns. ``start()`` starts the batcher and the worker
-and warms the model up in the background; ``ready`` turns true once warm-up is done
-(``/readyz``). ``stop()`` refuses new work, finishes what was accepted, then releases the
-model. It speaks in positions, not JSON: a refusal names the index of the text at fault
+and warms the model up in the background (the ladder that picks the batch size and
+threading, then the shapes that fit admission's cost model); ``ready`` turns true once
+warm-up is done (``/readyz``). Pairs already scored come from the score cache
+(:mod:`service.score_cache`): a request whose pairs are all cached never enters admission
+or the batcher, and a partly cached one queues only its misses. ``stop()`` refuses new
+work, finishes what was accepted, then releases the model. It speaks in positions, not
+JSON: a refusal names the index of the text at fault
 (:class:`~service.errors.InputTooLong`) and the request pipeline names the field.
 """
 
@@ -14,7 +18,7 @@ import asyncio
 import dataclasses
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,12 +29,13 @@ import numpy as np
 from relevance_core.activation import activate
 from service.admission import Admission, AdmissionConfig
 from service.batcher import BatcherConfig, MicroBatcher, PendingRequest
-from service.errors import DeadlineExceeded, NotReady
+from service.errors import DeadlineExceeded, InputTooLong, NotReady
 from service.features import PairEncoder, TextLimits
 from service.metrics import Metrics
 from service.model_package import ModelPackage, load_package
+from service.score_cache import ScoreCache
 from service.scorers import OnnxScorer, Provider, Scorer, Variant
-from service.warmup import warm_up
+from service.warmup import LadderConfig, Tuning, chosen_runs, run_ladder, warm_up
 from service.worker import BatchRun, InferenceWorker
 
 log = logging.getLogger(__name__)
@@ -39,6 +44,8 @@ log = logging.getLogger(__name__)
 # in chunks queued one by one.
 INLINE_TOKENIZE_MAX_PAIRS = 8
 TOKENIZE_CHUNK_PAIRS = 256
+# Warm-up shapes up to this padded width fit the cost model (product titles and queries).
+FIT_MAX_WIDTH = 64
 
 
 @dataclass(frozen=True)
@@ -54,6 +61,7 @@ class EngineResult:
     inference_s: float
     batches: int
     truncated: np.ndarray  # bool per text: cut to the character limit or the model's length
+    cached: int = 0  # pairs answered from the score cache
 
 
 class ScoringEngine:
@@ -70,15 +78,34 @@ class ScoringEngine:
         admission: AdmissionConfig | None = None,
         tokenizer_threads: int = 1,
         warmup: bool = True,
+        ladder: LadderConfig | None = None,
+        open_scorer: Callable[[int, bool], Scorer] | None = None,
+        cache_bytes: int = 0,
     ) -> None:
         self.package = package
         self.scorer = scorer
         self.encoder = encoder
         self.batcher_config = batching or BatcherConfig()
+        admission = admission or AdmissionConfig()
+        admission = dataclasses.replace(
+            admission,
+            batch_pairs=self.batcher_config.max_batch_size,
+            max_pair_tokens=encoder.max_length,
+        )
         self.admission = Admission(admission, metrics=metrics)
         self._metrics = metrics
         self._batcher = MicroBatcher(self.batcher_config, metrics)
-        self._worker = InferenceWorker(self._batcher, scorer.run, metrics, self._on_batch)
+        # Through self.scorer: the ladder may swap the session before traffic.
+        self._worker = InferenceWorker(
+            self._batcher, lambda inputs: self.scorer.run(inputs), metrics, self._on_batch
+        )
+        self._ladder = ladder
+        self._open_scorer = open_scorer
+        self.tuning: Tuning | None = None
+        m = package.manifest
+        self.cache = ScoreCache(cache_bytes, metrics)
+        self.cache.bind(ScoreCache.model_key(m.name, m.version, scorer.variant))
+        metrics.max_batch_size.set(self.batcher_config.max_batch_size)
         self._tokenizer_threads = tokenizer_threads
         self._tokenize_pool: ThreadPoolExecutor | None = None
         self._warmup_enabled = warmup
@@ -102,12 +129,24 @@ class ScoringEngine:
         admission: AdmissionConfig | None = None,
         tokenizer_threads: int = 1,
         warmup: bool = True,
+        ladder: LadderConfig | None = None,
+        cache_bytes: int = 0,
     ) -> ScoringEngine:
-        """Load and verify a model package, open its graph and build the engine."""
+        """Load and verify a model package, open its graph and build the engine.
+
+        ``ladder``: what warm-up may tune (``None``: nothing, the values given are used).
+        """
         package = load_package(model_dir)
         m = package.manifest
         encoder = PairEncoder.for_package(package, limits)
         scorer = OnnxScorer.load(package, provider, variant, intra_op_threads, intra_op_spinning)
+        chosen_variant = scorer.variant
+
+        def open_scorer(threads: int, spinning: bool) -> Scorer:
+            return OnnxScorer.load(package, provider, chosen_variant, threads, spinning)
+
+        # Threading matters on CPU only; on a GPU the ladder still picks the batch size.
+        on_cpu = scorer.provider == "CPUExecutionProvider"
         metrics.model_info.labels(m.name, m.version, scorer.variant, scorer.provider).set(1)
         log.info("model %s %s: %s graph on %s", m.name, m.version, scorer.variant, scorer.provider)
         return cls(
@@ -119,6 +158,9 @@ class ScoringEngine:
             admission=admission,
             tokenizer_threads=tokenizer_threads,
             warmup=warmup,
+            ladder=ladder,
+            open_scorer=open_scorer if on_cpu else None,
+            cache_bytes=cache_bytes,
         )
 
     # ------------------------------------------------------------------ lifecycle
@@ -176,23 +218,51 @@ class ScoringEngine:
     async def _warmup(self) -> None:
         started = time.monotonic()
         try:
-            runs, pairs_per_s = await asyncio.to_thread(
+            if self._ladder is not None and self._ladder.budget_s > 0:
+                tuning = await asyncio.to_thread(
+                    run_ladder, self.scorer, self.encoder, self._ladder, self._open_scorer
+                )
+                self._apply(tuning)
+            runs, timed = await asyncio.to_thread(
                 warm_up, self.scorer, self.encoder, self.batcher_config
             )
         except Exception:
             log.exception("warm-up failed; the service stays not ready")
             self.status = "warmup_failed"
             return
-        # Admission's first throughput figure, until real batches have been measured, so
-        # that a burst right after start-up is not all admitted.
-        self.admission.forecast.seed(pairs_per_s)
+        # Admission's cost model, from the real session on this machine: the warm-up
+        # shapes timed, and the ladder's runs at the chosen setting.
+        # Only the short shapes: a line through widths up to max_length would be bent by
+        # attention's quadratic term into a large per-batch cost that short pairs (the
+        # common case) do not pay; longer batches correct it online as they run.
+        short = [run for run in timed if run.width <= FIT_MAX_WIDTH]
+        self.admission.fit([*short, *(chosen_runs(self.tuning) if self.tuning else [])])
+        cost = self.admission.forecast.describe()
         log.info(
-            "warm-up: %d batch shapes in %.2f s; %.0f pairs/s on a full batch",
+            "warm-up: %d batch shapes in %.2f s; cost model %.2f ms a batch + %.2f us a token",
             runs,
             time.monotonic() - started,
-            pairs_per_s,
+            cost["batch_ms"],
+            cost["token_us"],
         )
         self._set_ready()
+
+    def _apply(self, tuning: Tuning) -> None:
+        """Serve with what the ladder chose (before any traffic: warm-up is not over)."""
+        self.tuning = tuning
+        if tuning.scorer is not None and tuning.scorer is not self.scorer:
+            old, self.scorer = self.scorer, tuning.scorer
+            old.close()
+        self.batcher_config = dataclasses.replace(
+            self.batcher_config, max_batch_size=tuning.max_batch_size
+        )
+        self._batcher.config = self.batcher_config
+        self.admission.set_batch_pairs(tuning.max_batch_size)
+        m = self._metrics
+        m.max_batch_size.set(tuning.max_batch_size)
+        m.intra_op_threads.set(tuning.intra_op_threads)
+        m.intra_op_spinning.set(int(tuning.intra_op_spinning))
+        m.tuned_pairs_per_s.set(tuning.pairs_per_s)
 
     def _set_ready(self) -> None:
         self._ready = True
@@ -200,16 +270,28 @@ class ScoringEngine:
         self._metrics.ready.set(1)
 
     def _on_batch(self, run: BatchRun) -> None:
-        self.admission.forecast.observe_batch(run.pairs, run.started, run.elapsed_s, run.backlogged)
+        self.admission.observe_batch(
+            run.pairs, run.width, run.real_tokens, run.started, run.elapsed_s, run.backlogged
+        )
 
     # ------------------------------------------------------------------ scoring
     async def score(
-        self, query: str, texts: Sequence[str], *, deadline: float, truncate: bool = True
+        self,
+        query: str,
+        texts: Sequence[str],
+        *,
+        deadline: float,
+        truncate: bool = True,
+        arrived: float | None = None,
+        use_cache: bool = True,
     ) -> EngineResult:
-        """Score ``texts`` against ``query``; ``deadline`` is a ``time.monotonic()`` instant.
+        """Score ``texts`` against ``query``; ``deadline`` and ``arrived`` (when the request
+        reached the server; default now) are ``time.monotonic()`` instants.
 
-        Raises :class:`~service.errors.InputTooLong` (a text or the query over a limit
-        with ``truncate`` off), :class:`~service.errors.Overloaded` (refused by admission),
+        ``use_cache`` off: every pair goes to the model and nothing is read from the score
+        cache (the scores are still remembered). Raises :class:`~service.errors.InputTooLong`
+        (a text or the query over a limit with ``truncate`` off),
+        :class:`~service.errors.Overloaded` (refused by admission),
         :class:`~service.errors.DeadlineExceeded`, :class:`~service.errors.NotReady`.
         """
         # Character limits before anything else: a 413 comes before a 503 or a 429, and no
@@ -217,28 +299,86 @@ class ScoringEngine:
         query, cut_texts, truncated = self.encoder.limits.apply(query, texts, truncate)
         if self._tokenize_pool is None or self._closing:
             raise NotReady("the model is not loaded or the server is shutting down")
-        with self.admission.reserve(len(cut_texts)):
+        n = len(cut_texts)
+        logits = np.empty(n, dtype=np.float32)
+        keys: list[bytes] = []
+        misses = list(range(n))
+        if self.cache.enabled:
+            keys, found = self.cache.lookup(
+                query, cut_texts, need_untruncated=not truncate, count=use_cache
+            )
+            if use_cache:
+                misses = [i for i, hit in enumerate(found) if hit is None]
+                for i, hit in enumerate(found):
+                    if hit is not None:
+                        logits[i] = hit[0]
+                        truncated[i] |= hit[1]
+        if not misses:  # all cached: no admission, no queue, no model
+            return self._result(query, cut_texts, logits, truncated, cached=n)
+        miss_texts = cut_texts if len(misses) == n else [cut_texts[i] for i in misses]
+        miss_cut = np.zeros(len(misses), dtype=bool)
+        tokens = self.admission.estimate_tokens(query, miss_texts)
+        with self.admission.reserve(
+            len(misses), tokens=tokens, arrived=arrived, deadline=deadline
+        ) as ticket:
             started = time.monotonic()
-            request = self._batcher.open(len(cut_texts), deadline)
+            request = self._batcher.open(len(misses), deadline, ticket.due)
+            ticket.progress = lambda: request.remaining
             try:
-                await self._tokenize_into(request, query, cut_texts, truncate, truncated)
+                real = await self._tokenize_into(request, query, miss_texts, truncate, miss_cut)
+            except InputTooLong as exc:
+                self._batcher.abandon(request)
+                if exc.index is not None and len(misses) != n:
+                    raise InputTooLong(exc.detail, index=misses[exc.index]) from None
+                raise
             except BaseException:
                 self._batcher.abandon(request)
                 raise
+            chars = len(query) * len(miss_texts) + sum(len(t) for t in miss_texts)
+            self.admission.note_tokens(ticket, chars, real)
             tokenize_s = time.monotonic() - started
             self._metrics.tokenize_duration.observe(tokenize_s)
             result = await self._batcher.result(request)
-        logits = result.logits
-        return EngineResult(
-            query=query,
-            texts=cut_texts,
-            logits=logits,
-            scores=activate(self.package.manifest.activation, logits),
+        logits[misses] = result.logits
+        truncated[misses] |= miss_cut
+        if keys:
+            self.cache.put([keys[i] for i in misses], result.logits.tolist(), miss_cut.tolist())
+        return self._result(
+            query,
+            cut_texts,
+            logits,
+            truncated,
+            cached=n - len(misses),
             tokenize_s=tokenize_s,
             queue_s=result.queue_s,
             inference_s=result.inference_s,
             batches=result.batches,
+        )
+
+    def _result(
+        self,
+        query: str,
+        texts: list[str],
+        logits: np.ndarray,
+        truncated: np.ndarray,
+        *,
+        cached: int,
+        tokenize_s: float = 0.0,
+        queue_s: float = 0.0,
+        inference_s: float = 0.0,
+        batches: int = 0,
+    ) -> EngineResult:
+        return EngineResult(
+            query=query,
+            texts=texts,
+            logits=logits,
+            scores=activate(self.package.manifest.activation, logits),
+            tokenize_s=tokenize_s,
+            queue_s=queue_s,
+            inference_s=inference_s,
+            batches=batches,
             truncated=truncated,
+            cached=cached,
         )
 
     async def _tokenize_into(
@@ -248,9 +388,9 @@ class ScoringEngine:
         texts: list[str],
         truncate: bool,
         truncated: np.ndarray,
-    ) -> None:
+    ) -> int:
         """Tokenize and queue a request's pairs, marking in ``truncated`` the texts the
-        tokenizer cut.
+        tokenizer cut; returns their tokens (special tokens included).
 
         Small requests are tokenized on the event loop (well under a millisecond, cheaper
         than two GIL hand-offs to a thread). Larger ones go to the tokenizer thread in
@@ -263,10 +403,11 @@ class ScoringEngine:
             pairs = encoder.encode(query, texts, truncate)
             self._batcher.add(request, 0, pairs)
             truncated |= [p.truncated for p in pairs]
-            return
+            return sum(len(p) for p in pairs)
         loop = asyncio.get_running_loop()
         pool = self._tokenize_pool
         query = await loop.run_in_executor(pool, encoder.fit_query, query, truncate)
+        tokens = 0
         for start in range(0, len(texts), TOKENIZE_CHUNK_PAIRS):
             if time.monotonic() >= request.deadline:
                 raise DeadlineExceeded("deadline_ms: the deadline passed while tokenizing")
@@ -274,6 +415,8 @@ class ScoringEngine:
             pairs = await loop.run_in_executor(pool, encoder.encode, query, chunk, truncate, start)
             self._batcher.add(request, start, pairs)
             truncated[start : start + len(pairs)] |= [p.truncated for p in pairs]
+            tokens += sum(len(p) for p in pairs)
+        return tokens
 
     # ------------------------------------------------------------------ description
     def info(self) -> dict[str, Any]:
@@ -288,6 +431,9 @@ class ScoringEngine:
                 "batch_invariant": self.scorer.batch_invariant,
             },
             "batcher": dataclasses.asdict(self.batcher_config),
+            "tuning": self.tuning.describe() if self.tuning is not None else None,
             "admission": dataclasses.asdict(self.admission.config),
+            "cost_model": self.admission.forecast.describe(),
+            "score_cache": self.cache.info(),
             "max_query_tokens": self.encoder.max_query_tokens,
         }

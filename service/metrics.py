@@ -163,6 +163,61 @@ class Metrics:
             registry=r,
         )
 
+        # Score cache (service.score_cache)
+        self.cache_lookups = Counter(
+            "relevance_score_cache_lookups_total",
+            "Pairs looked up in the score cache, by result (hit, miss).",
+            ["result"],
+            registry=r,
+        )
+        self.cache_evictions = Counter(
+            "relevance_score_cache_evictions_total",
+            "Score cache entries evicted to stay within its byte bound.",
+            registry=r,
+        )
+        self.cache_bytes = Gauge(
+            "relevance_score_cache_bytes",
+            "Estimated bytes held by the score cache.",
+            registry=r,
+        )
+        self.cache_entries = Gauge(
+            "relevance_score_cache_entries",
+            "Pairs held by the score cache.",
+            registry=r,
+        )
+
+        # Cost model and start-up tuning (service.admission, service.warmup)
+        self.batch_cost_fixed = Gauge(
+            "relevance_cost_model_batch_seconds",
+            "The cost model's fixed cost of one batch (a in a + b * padded tokens).",
+            registry=r,
+        )
+        self.batch_cost_per_token = Gauge(
+            "relevance_cost_model_token_seconds",
+            "The cost model's cost of one padded token (b in a + b * padded tokens).",
+            registry=r,
+        )
+        self.max_batch_size = Gauge(
+            "relevance_max_batch_size_pairs",
+            "The batch size in use (measured at warm-up unless RELEVANCE_MAX_BATCH_SIZE).",
+            registry=r,
+        )
+        self.intra_op_threads = Gauge(
+            "relevance_intra_op_threads",
+            "ONNX Runtime intra-op threads in use (0 = its default).",
+            registry=r,
+        )
+        self.intra_op_spinning = Gauge(
+            "relevance_intra_op_spinning",
+            "1 when ONNX Runtime's idle threads spin.",
+            registry=r,
+        )
+        self.tuned_pairs_per_s = Gauge(
+            "relevance_tuned_pairs_per_second",
+            "Pairs per second of the setting the warm-up ladder chose, as it measured it.",
+            registry=r,
+        )
+
         # SLO
         self.slo_requests = Counter(
             "relevance_slo_requests_total",

@@ -105,6 +105,9 @@ class CohereRerankRequest(BaseModel):
     return_documents: JsonBool = Field(False, description="Echo each document's text.")
     rank_fields: list[Literal["text"]] = Field(None, description="Only `text` is ranked.")
     max_chunks_per_doc: PositiveJsonInt = None
+    cache: JsonBool = Field(
+        True, description="False: score every item with the model, not from the score cache."
+    )
 
     _check_query = field_validator("query")(_not_blank)
 
@@ -138,6 +141,9 @@ class InfinityRerankRequest(BaseModel):
     top_n: PositiveJsonInt = None
     return_documents: JsonBool = False
     raw_scores: JsonBool = Field(False, description="Return logits instead of sigmoid scores.")
+    cache: JsonBool = Field(
+        True, description="False: score every item with the model, not from the score cache."
+    )
 
     _check_query = field_validator("query")(_not_blank)
 

@@ -129,6 +129,9 @@ class ScoreRequest(BaseModel):
     truncate: JsonBool = Field(
         True, description="Cut texts that are too long instead of refusing them (413)."
     )
+    cache: JsonBool = Field(
+        True, description="False: score every item with the model, not from the score cache."
+    )
 
     _check_query = field_validator("query")(_not_blank)
 
@@ -231,6 +234,9 @@ class RerankRequest(BaseModel):
     raw_scores: JsonBool = Field(False, description="Return logits instead of sigmoid scores.")
     return_text: JsonBool = Field(False, description="TEI: echo each text.")
     return_documents: JsonBool = Field(False, description="vLLM, Infinity: echo each document.")
+    cache: JsonBool = Field(
+        True, description="False: score every item with the model, not from the score cache."
+    )
 
     _check_query = field_validator("query")(_not_blank)
 

@@ -40,9 +40,11 @@ class BatchRun:
     """One batch that ran: what a throughput forecast learns from."""
 
     pairs: int
+    width: int  # padded length
+    real_tokens: int  # tokens before padding
     started: float
     elapsed_s: float
-    backlogged: bool  # work was still queued when it ended
+    backlogged: bool  # a packed batch was waiting for the model when it ended
 
 
 class InferenceWorker:
@@ -110,7 +112,11 @@ class InferenceWorker:
             return
         elapsed = time.monotonic() - started
         if self._on_batch is not None:
-            self._on_batch(BatchRun(n_pairs, started, elapsed, self._batcher.has_work()))
+            real = sum(it.length for it in items)
+            # Only a batch already packed behind this one makes the gap to it part of the
+            # model's cost; pairs merely queued may be waiting for company or arrivals.
+            backlogged = self._batcher.batch_waiting()
+            self._on_batch(BatchRun(n_pairs, width, real, started, elapsed, backlogged))
         self._observe(items, n_pairs, width, started, elapsed)
         deliver(items, logits, started, elapsed)
 

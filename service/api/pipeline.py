@@ -57,6 +57,8 @@ class ScoringCall:
     # The model the client named (the shapes that carry one), passed along for the
     # backends to come; today the one loaded package scores every call.
     model: str | None = None
+    # False: score every pair with the model, reading nothing from the score cache.
+    cache: bool = True
 
 
 @dataclass(frozen=True)
@@ -71,8 +73,9 @@ class TeacherResult:
 class Backend(Protocol[R]):
     """Something that scores a call: the student engine or the teacher shadow."""
 
-    def score(self, call: ScoringCall, deadline: float) -> Awaitable[R]:
-        """Scores for ``call``; ``deadline`` is a ``time.monotonic()`` instant."""
+    def score(self, call: ScoringCall, deadline: float, arrived: float) -> Awaitable[R]:
+        """Scores for ``call``; ``deadline`` and ``arrived`` (when the request reached the
+        server) are ``time.monotonic()`` instants."""
         ...
 
     def account(self, result: R, outside_s: float) -> None:
@@ -86,9 +89,14 @@ class StudentBackend:
     def __init__(self, engine: ScoringEngine) -> None:
         self.engine = engine
 
-    async def score(self, call: ScoringCall, deadline: float) -> EngineResult:
+    async def score(self, call: ScoringCall, deadline: float, arrived: float) -> EngineResult:
         return await self.engine.score(
-            call.query, call.texts, deadline=deadline, truncate=call.truncate
+            call.query,
+            call.texts,
+            deadline=deadline,
+            truncate=call.truncate,
+            arrived=arrived,
+            use_cache=call.cache,
         )
 
     def account(self, result: EngineResult, outside_s: float) -> None:
@@ -103,7 +111,7 @@ class TeacherBackend:
         self.shadow = shadow
         self.limits = limits
 
-    async def score(self, call: ScoringCall, deadline: float) -> TeacherResult:
+    async def score(self, call: ScoringCall, deadline: float, arrived: float) -> TeacherResult:
         query, texts, _ = self.limits.apply(call.query, call.texts, call.truncate)
         scoring: Awaitable[np.ndarray] = self.shadow.score(query, texts)
         if call.deadline_ms is not None:
@@ -133,7 +141,7 @@ async def serve(
     deadline = deadline_for(settings, arrived, call.deadline_ms)
     started = time.monotonic()
     try:
-        result = await until_disconnect(request, backend.score(call, deadline))
+        result = await until_disconnect(request, backend.score(call, deadline, arrived))
     except InputTooLong as exc:
         raise exc.named(call.fields.text) from None
     except DeadlineExceeded as exc:

@@ -140,7 +140,9 @@ async def rerank(
                 for i in ranked(values, body.top_n)
             ]
 
-        call = _call(body.query, texts, settings, RERANK_FIELDS, body.truncate, body.model)
+        call = _call(
+            body.query, texts, settings, RERANK_FIELDS, body.truncate, body.model, body.cache
+        )
         return await _serve_ranked(request, response, settings, engine, call, tei)
 
     documents = body.documents or []
@@ -154,7 +156,9 @@ async def rerank(
             ),
         )
 
-    call = _call(body.query, documents, settings, DOCUMENTS_FIELDS, body.truncate, body.model)
+    call = _call(
+        body.query, documents, settings, DOCUMENTS_FIELDS, body.truncate, body.model, body.cache
+    )
     return await _serve_ranked(request, response, settings, engine, call, vllm)
 
 
@@ -191,7 +195,9 @@ async def infinity_rerank(
             ],
         )
 
-    call = _call(body.query, body.documents, settings, DOCUMENTS_FIELDS, True, body.model)
+    call = _call(
+        body.query, body.documents, settings, DOCUMENTS_FIELDS, True, body.model, body.cache
+    )
     return await _serve_ranked(request, response, settings, engine, call, infinity)
 
 
@@ -215,7 +221,7 @@ async def _cohere(
             ),
         )
 
-    call = _call(body.query, texts, settings, DOCUMENTS_FIELDS, True, body.model)
+    call = _call(body.query, texts, settings, DOCUMENTS_FIELDS, True, body.model, body.cache)
     return await _serve_ranked(request, response, settings, engine, call, cohere)
 
 
@@ -268,6 +274,7 @@ def _call(
     fields: FieldNames,
     truncate: bool,
     model: str | None,
+    cache: bool = True,
 ) -> ScoringCall:
     return ScoringCall(
         query=query,
@@ -276,4 +283,5 @@ def _call(
         max_items=settings.max_items,
         fields=fields,
         model=model,
+        cache=cache,
     )

@@ -74,6 +74,7 @@ async def score(
         max_items=settings.max_items,
         fields=SCORE_FIELDS,
         deadline_ms=body.deadline_ms,
+        cache=body.cache,
     )
 
     def answer(result: EngineResult) -> ScoreResponse:

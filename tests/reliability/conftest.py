@@ -26,6 +26,8 @@ def reliability_app(tiny_model_package: Path) -> Callable[..., FastAPI]:
         **overrides: Any,
     ) -> FastAPI:
         overrides.setdefault("intra_op_threads", 1)  # the machine is shared
+        overrides.setdefault("score_cache_mb", 0)  # overload must reach the model
+        overrides.setdefault("tune_budget_s", 0)
         settings = Settings(model_dir=tiny_model_package, **overrides)
         return create_app(settings, teacher_loader=teacher_loader, engine_factory=engine_factory)
 

@@ -64,7 +64,7 @@ def slow_engine_factory(
     def factory(settings: Settings, metrics: Metrics) -> ScoringEngine:
         package = load_package(settings.model_dir)
         encoder = PairEncoder.for_package(package, text_limits(settings))
-        inner = OnnxScorer.load(package, "cpu", "auto", settings.intra_op_threads, False)
+        inner = OnnxScorer.load(package, "cpu", "auto", settings.intra_op_threads or 0, False)
         return ScoringEngine(
             package,
             SlowScorer(inner, per_pair_s, per_batch_s),

@@ -1,23 +1,26 @@
-"""Admission: queue capacity, the latency forecast, the burst allowance, Retry-After.
+"""Admission by cost: the cost model's fit and updates, the completion forecast against it,
+the EDF rule (what is due first, what a newcomer may delay), capacity and Retry-After.
 
-No model and no clock: the forecast is fed the batches a worker would report, and the
-burst gap is judged on a clock the test advances.
+No model and no wall clock: the cost model is fitted to runs a test writes down, and time
+is a clock the test advances.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 
 import pytest
 from prometheus_client import CollectorRegistry
 
-from service.admission import Admission, AdmissionConfig, ThroughputForecast
+from service.admission import Admission, AdmissionConfig, CostModel, TimedRun
 from service.errors import NotReady, Overloaded, PayloadTooLarge
 from service.metrics import Metrics
 
-# Batches of 8 pairs, a budget of 50 ms per 100 items.
-LATENCY = AdmissionConfig(latency_s=0.05, latency_items=100, batch_pairs=8)
+A_S = 0.002  # seconds per batch
+B_S = 0.0001  # seconds per padded token: a 10-token pair costs 1 ms in a full batch
+BATCH = 8
 
 
 class Clock:
@@ -28,42 +31,229 @@ class Clock:
         return self.now
 
 
-class FixedForecast:
-    """A stand-in forecast: ``seconds_per_pair`` for every pair, no overhead."""
+def exact_runs(a: float = A_S, b: float = B_S) -> list[TimedRun]:
+    """Timed runs of a machine whose batches cost exactly ``a + b * rows * width``."""
+    return [
+        TimedRun(rows, width, a + b * rows * width) for rows in (1, 4, 8) for width in (16, 32, 64)
+    ]
 
-    def __init__(self, seconds_per_pair: float, calibrated: bool = True) -> None:
-        self.seconds_per_pair = seconds_per_pair
-        self.calibrated = calibrated
-        self.overhead_s = 0.0
 
-    @property
-    def pairs_per_s(self) -> float:
-        return 1 / self.seconds_per_pair
+def fitted(config: AdmissionConfig, clock: Clock | None = None) -> Admission:
+    """Admission whose cost model was fitted to :func:`exact_runs`, with no padding."""
+    admission = Admission(config, clock=clock or Clock())
+    admission.fit(exact_runs())
+    assert isinstance(admission.forecast, CostModel)
+    admission.forecast.padding_factor = 1.0
+    return admission
 
-    def queue_s(self, pairs: int) -> float:
-        return pairs * self.seconds_per_pair
 
-    def seed(self, pairs_per_s: float) -> None:
+def work_s(pairs: int, tokens: float) -> float:
+    return math.ceil(pairs / BATCH) * A_S + B_S * tokens
+
+
+# -------------------------------------------------------------------------- the cost model
+def test_warmup_fit_recovers_the_cost_of_a_batch_and_of_a_token() -> None:
+    cost = CostModel(batch_pairs=BATCH)
+    assert not cost.calibrated and cost.work_s(1, 10) == math.inf
+    cost.fit(exact_runs())
+    assert cost.a == pytest.approx(A_S, rel=1e-6) and cost.b == pytest.approx(B_S, rel=1e-6)
+    cost.padding_factor = 1.0
+    # 20 pairs of 10 tokens: 3 batches of at most 8 and 200 tokens.
+    assert cost.work_s(20, 200) == pytest.approx(3 * A_S + 200 * B_S)
+    assert cost.work_s(0, 0) == 0.0
+
+
+def test_the_model_follows_the_machine_from_the_batches_it_runs() -> None:
+    cost = CostModel(batch_pairs=BATCH, forgetting=0.9)
+    cost.fit(exact_runs())
+    # The machine halves its speed (a neighbour takes a core): batches of varied shapes.
+    t = 0.0
+    for i in range(60):
+        rows, width = (8, 16 + 16 * (i % 3))
+        seconds = 2 * (A_S + B_S * rows * width)
+        cost.observe_batch(rows, width, rows * width, t, seconds, backlogged=False)
+        t += 1.0
+    assert cost.b == pytest.approx(2 * B_S, rel=0.05)
+    assert cost.a == pytest.approx(2 * A_S, rel=0.25)
+    assert cost.batches_seen == 60
+
+
+def test_one_shape_only_scales_the_model_to_what_it_costs() -> None:
+    cost = CostModel(batch_pairs=BATCH, forgetting=0.5)
+    cost.fit(exact_runs())
+    for i in range(30):  # one shape, 1 ms slower than the fit says
+        cost.observe_batch(8, 32, 256, float(i), A_S + B_S * 256 + 0.001, backlogged=False)
+    assert cost.b > 0 and cost.a >= 0
+    assert cost.a + cost.b * 256 == pytest.approx(A_S + B_S * 256 + 0.001, rel=0.05)
+
+
+def test_while_backlogged_a_batch_is_timed_from_the_end_of_the_one_before() -> None:
+    cost = CostModel(batch_pairs=BATCH)
+    cost.observe_batch(8, 10, 80, 0.0, 0.01, backlogged=True)
+    # The next batch ran 10 ms but started 30 ms after the last ended (a starved loop):
+    # the queue drains 80 tokens per 40 ms.
+    cost.observe_batch(8, 10, 80, 0.04, 0.01, backlogged=True)
+    # (Weighted toward the newer batch: the older one has decayed once.)
+    assert cost.a + cost.b * 80 == pytest.approx((0.01 + 0.04) / 2, rel=0.02)
+
+
+def test_padding_and_characters_per_token_are_measured() -> None:
+    cost = CostModel(batch_pairs=BATCH, chars_per_token=4.0, padding_factor=1.0)
+    for i in range(50):
+        cost.observe_batch(4, 10, 20, float(i), 0.01, backlogged=False)  # half padding
+    assert cost.padding_factor == pytest.approx(2.0, rel=0.01)
+    for _ in range(50):
+        cost.note_tokens(chars=600, tokens=100)
+    assert cost.chars_per_token == pytest.approx(6.0, rel=0.01)
+    assert cost.pair_tokens(12, 48) == pytest.approx(60 / 6 + CostModel.SPECIAL_TOKENS, rel=0.01)
+    assert CostModel(max_pair_tokens=64).pair_tokens(10, 10_000) == 64  # the model's length
+
+
+# -------------------------------------------------------------------------- the rule
+def test_a_request_is_admitted_exactly_when_its_forecast_meets_its_due_time() -> None:
+    clock = Clock()
+    # Due 50 ms after arrival per 100 items.
+    admission = fitted(AdmissionConfig(latency_s=0.05, batch_pairs=BATCH), clock)
+    with admission.reserve(8, tokens=200):  # 2 + 20 = 22 ms of work, due in 50 ms
+        # 8 pairs of 10 tokens more: 2 batches (4 ms) + 280 tokens (28 ms) = 32 ms <= 50 ms
+        with admission.reserve(8, tokens=80) as ticket:
+            assert admission.forecast_s(ticket) == pytest.approx(work_s(16, 280))
+        # 8 pairs of 25 tokens: 4 + 40 ms = 44 ms: admitted; 8 of 40 tokens: 4 + 52 > 50 ms
+        with admission.reserve(8, tokens=200):
+            pass
+        with pytest.raises(Overloaded) as excinfo, admission.reserve(8, tokens=320):
+            pass
+        assert excinfo.value.message.startswith("overloaded: 8 pairs due first would take 0.06 s")
+        assert excinfo.value.headers() == {"Retry-After": "1"}
+        # The budget counts from arrival: 30 ms already spent leave 20 ms (due before the
+        # admitted request, so nothing is ahead of it) for 22 ms of work.
+        with pytest.raises(Overloaded), admission.reserve(8, tokens=200, arrived=clock.now - 0.03):
+            pass
+        with admission.reserve(8, tokens=200, arrived=clock.now - 0.025):  # 25 ms left
+            pass
+    assert admission.reserved_pairs == 0
+
+
+def test_work_already_scored_no_longer_counts() -> None:
+    admission = fitted(AdmissionConfig(latency_s=0.05, batch_pairs=BATCH))
+    left = 8
+    with admission.reserve(8, tokens=400) as first:  # 42 ms of work
+        first.progress = lambda: left
+        with pytest.raises(Overloaded), admission.reserve(8, tokens=80):  # 42 + 10 > 50 ms
+            pass
+        left = 2  # the worker has scored 6 of its 8 pairs: 100 tokens (12 ms) left
+        with admission.reserve(8, tokens=80):  # 4 + 18 = 22 ms
+            pass
+
+
+def test_a_larger_request_gets_a_proportionally_larger_budget() -> None:
+    admission = fitted(AdmissionConfig(latency_s=0.05, latency_items=4, batch_pairs=BATCH))
+    with admission.reserve(1, tokens=300):  # 32 ms
+        with admission.reserve(8, tokens=500):  # 8 items: due in 100 ms; 4 + 80 ms of work
+            pass
+        with pytest.raises(Overloaded), admission.reserve(4, tokens=200):  # 4 + 50 > 50 ms
+            pass
+
+
+def test_a_burst_that_fits_is_admitted_whatever_its_spacing() -> None:
+    """A fan-out of 64 requests of 4 short pairs: 32 batches (64 ms) + 2560 tokens (256 ms),
+    within each one's budget of 500 ms. Whether they arrive together or spread out, all of
+    them are admitted; none of them depends on arriving within some gap of the one before."""
+    for gap_s in (0.0, 0.0005, 0.005, 0.05):
+        clock = Clock()
+        admission = fitted(AdmissionConfig(latency_s=0.5, batch_pairs=BATCH), clock)
+        with contextlib.ExitStack() as stack:
+            for _ in range(64):
+                stack.enter_context(admission.reserve(4, tokens=40))
+                clock.now += gap_s
+            assert admission.reserved_pairs == 256, gap_s
+
+
+def test_a_burst_that_does_not_fit_is_cut_where_it_stops_fitting() -> None:
+    clock = Clock()
+    # Each request of 4 pairs of 10 tokens: 2 ms (its half batch) + 4 ms; due in 50 ms.
+    admission = fitted(AdmissionConfig(latency_s=0.05, batch_pairs=BATCH), clock)
+    admitted = refused = 0
+    with contextlib.ExitStack() as stack:
+        for _ in range(40):
+            try:
+                stack.enter_context(admission.reserve(4, tokens=40))
+                admitted += 1
+            except Overloaded:
+                refused += 1
+    # k requests: ceil(4k / 8) * 2 ms + 4k ms <= 50 ms holds up to k = 10.
+    assert (admitted, refused) == (10, 30)
+
+
+def test_edf_a_newcomer_due_first_jumps_ahead_but_may_not_make_others_late() -> None:
+    clock = Clock()
+    admission = fitted(AdmissionConfig(latency_s=1.0, batch_pairs=BATCH), clock)
+    later = clock.now + 0.05
+    with admission.reserve(8, tokens=300, deadline=later):  # 32 ms of work, due in 50 ms
+        # Due in 20 ms with 12 ms of work: due first, so nothing is ahead of it; but the
+        # admitted request would finish at 44 ms... still within its 50 ms: admitted.
+        with admission.reserve(8, tokens=100, deadline=clock.now + 0.02) as early:
+            assert admission.forecast_s(early) == pytest.approx(work_s(8, 100))
+        # 24 ms of work due in 30 ms fits alone, but pushes the admitted one to 56 ms > 50 ms.
+        with (
+            pytest.raises(Overloaded) as excinfo,
+            admission.reserve(8, tokens=220, deadline=clock.now + 0.03),
+        ):
+            pass
+        assert "would make an admitted one, due in 0.05 s, late" in excinfo.value.message
+        # A request due after everything else is only judged by its own forecast.
+        with admission.reserve(8, tokens=100, deadline=clock.now + 0.1):
+            pass
+
+
+def test_an_empty_queue_or_an_unmeasured_model_always_admits() -> None:
+    clock = Clock()
+    admission = Admission(AdmissionConfig(latency_s=0.05, batch_pairs=BATCH), clock=clock)
+    assert not admission.saturated()
+    with admission.reserve(5), admission.reserve(500):  # nothing measured: only capacity
         pass
-
-    def observe_batch(self, pairs: int, started: float, elapsed_s: float, backlogged: bool) -> None:
-        pass
-
-    def note_overhead(self, seconds: float) -> None:
-        self.overhead_s = seconds
-
-
-def full_batches(forecast: ThroughputForecast, n: int, pairs: int, seconds: float) -> None:
-    """``n`` batches of ``pairs`` back to back, ``seconds`` each, with work queued behind."""
-    for i in range(n):
-        forecast.observe_batch(pairs, 10.0 + i * seconds, seconds, backlogged=True)
+    admission.fit(exact_runs())
+    # Alone, it is served as fast as the model can, however late that is.
+    with admission.reserve(1000, tokens=1e6, deadline=clock.now + 0.01):
+        # Even one pair would wait behind its 100 s, being due later.
+        assert admission.saturated()
+        with pytest.raises(Overloaded), admission.reserve(1, tokens=10):
+            pass
+    assert not admission.saturated()
 
 
+def test_budget_includes_the_measured_request_overhead() -> None:
+    admission = fitted(AdmissionConfig(latency_s=0.05, batch_pairs=BATCH))
+    with admission.reserve(8, tokens=100):  # 12 ms
+        with admission.reserve(8, tokens=100):  # 24 ms
+            pass
+        admission.note_overhead(0.03)  # + 30 ms outside the model: past the budget
+        with pytest.raises(Overloaded), admission.reserve(8, tokens=100):
+            pass
+    load = admission.load()
+    assert load["reserved_pairs"] == 0 and load["request_overhead_ms"] == 30.0
+    assert load["cost_model"]["batch_ms"] == pytest.approx(A_S * 1000)
+    assert load["cost_model"]["token_us"] == pytest.approx(B_S * 1e6)
+
+
+def test_tokenized_requests_replace_the_estimate() -> None:
+    admission = fitted(AdmissionConfig(latency_s=0.05, batch_pairs=BATCH))
+    estimate = admission.estimate_tokens("drill", ["a" * 35] * 8)  # (5 + 35) / 4 + 3 each
+    assert estimate == pytest.approx(8 * 13)
+    with admission.reserve(8, tokens=estimate) as ticket:
+        admission.note_tokens(ticket, chars=8 * 40, tokens=8 * 23)  # 20 real tokens a pair
+        assert ticket.tokens == 8 * 23
+        assert admission.forecast.chars_per_token < 4.0  # learning toward 2 chars a token
+
+
+# -------------------------------------------------------------------------- capacity
 def test_queue_capacity_refuses_at_once_with_retry_after() -> None:
     registry = CollectorRegistry()
     admission = Admission(AdmissionConfig(max_queue_pairs=10), metrics=Metrics(registry))
-    admission.forecast.seed(2.0)  # 2 pairs/s: 8 pairs ahead take 4 s
-    with admission.reserve(8):
+    admission.fit([TimedRun(1, 10, 0.5)])  # 50 ms a token: 8 pairs of 10 tokens take 4 s
+    assert isinstance(admission.forecast, CostModel)
+    admission.forecast.padding_factor = 1.0
+    with admission.reserve(8, tokens=80):
         assert registry.get_sample_value("relevance_inflight_pairs") == 8
         with pytest.raises(Overloaded) as excinfo, admission.reserve(4):
             pass
@@ -73,9 +263,12 @@ def test_queue_capacity_refuses_at_once_with_retry_after() -> None:
             assert admission.reserved_pairs == 10
     assert admission.reserved_pairs == 0
     assert registry.get_sample_value("relevance_inflight_pairs") == 0
+    assert registry.get_sample_value("relevance_cost_model_token_seconds") == pytest.approx(0.05)
     with pytest.raises(PayloadTooLarge) as too_large, admission.reserve(11):
         pass
     assert too_large.value.field == "items"
+    with admission.reserve(10, tokens=1e4):
+        assert admission.retry_after_s() == 60  # capped
 
 
 def test_a_refused_request_holds_nothing_and_an_error_inside_releases() -> None:
@@ -99,126 +292,3 @@ def test_closed_admission_answers_not_ready_but_lets_held_reservations_finish() 
         assert await admission.wait_idle(0.01)
 
     asyncio.run(main())
-
-
-def test_latency_budget_refuses_what_would_miss_it() -> None:
-    admission = Admission(AdmissionConfig(**{**LATENCY.__dict__, "free_batches": 0}))
-    assert not admission.saturated() and admission.forecast.pairs_per_s == 0
-    with admission.reserve(5), admission.reserve(500):  # nothing measured: only capacity
-        pass
-    admission.forecast.seed(100.0)  # warm-up's figure
-    with admission.reserve(5):  # an empty queue always admits
-        # 5 ahead + 2 = 70 ms at 100 pairs/s > the 50 ms budget
-        with pytest.raises(Overloaded) as excinfo, admission.reserve(2):
-            pass
-        assert excinfo.value.message.startswith("overloaded: 5 pairs ahead would take 0.05 s")
-        assert admission.saturated()  # even one pair: 60 ms
-        assert admission.retry_after_s() == 1
-    assert not admission.saturated()  # an empty queue again
-
-
-def test_a_larger_request_gets_a_proportionally_larger_budget() -> None:
-    # 50 ms per 4 items at 100 pairs/s.
-    config = AdmissionConfig(latency_s=0.05, latency_items=4, batch_pairs=8, free_batches=0)
-    admission = Admission(config)
-    admission.forecast.seed(100.0)
-    with admission.reserve(1), admission.reserve(8):  # 90 ms within 8 items' 100 ms
-        pass
-    with pytest.raises(Overloaded), admission.reserve(2), admission.reserve(4):  # 60 > 50 ms
-        pass
-
-
-def test_budget_includes_the_measured_request_overhead() -> None:
-    admission = Admission(AdmissionConfig(**{**LATENCY.__dict__, "free_batches": 0}))
-    admission.forecast.seed(1000.0)
-    with admission.reserve(10):
-        with admission.reserve(10):  # 20 ms of pairs
-            pass
-        admission.note_overhead(0.04)  # + 40 ms outside the model: past the budget
-        with pytest.raises(Overloaded), admission.reserve(10):
-            pass
-    assert admission.load() == {
-        "reserved_pairs": 0,
-        "measured_pairs_per_s": 1000.0,
-        "request_overhead_ms": 40.0,
-    }
-
-
-def test_forecast_measures_large_batches_and_ignores_small_ones_after() -> None:
-    forecast = ThroughputForecast(batch_pairs=8)
-    forecast.seed(100.0)
-    forecast.seed(5.0)  # a seed never replaces a figure
-    assert forecast.pairs_per_s == 100.0 and not forecast.calibrated
-    forecast.observe_batch(1, 0.0, 0.1, backlogged=False)  # small, before any large one
-    assert forecast.pairs_per_s == pytest.approx(10.0) and not forecast.calibrated
-    full_batches(forecast, 3, pairs=8, seconds=0.01)  # 800 pairs/s
-    assert forecast.calibrated and forecast.pairs_per_s == pytest.approx(800.0)
-    forecast.observe_batch(1, 20.0, 0.5, backlogged=False)  # light load: not what counts
-    assert forecast.pairs_per_s == pytest.approx(800.0)
-    assert forecast.queue_s(400) == pytest.approx(0.5)
-    assert ThroughputForecast().queue_s(1) == math.inf
-
-
-def test_forecast_times_a_backlog_from_the_end_of_the_previous_batch() -> None:
-    forecast = ThroughputForecast(batch_pairs=8)
-    forecast.observe_batch(8, 0.0, 0.01, backlogged=True)
-    # The next batch started 40 ms after the last ended (padding, a starved loop): the
-    # queue drains at 8 pairs per 50 ms, not per 10 ms.
-    forecast.observe_batch(8, 0.05, 0.01, backlogged=True)
-    assert forecast.pairs_per_s == pytest.approx(8 / (0.8 * 0.01 + 0.2 * 0.05))
-
-
-def test_burst_allowance_only_for_a_burst_from_idle() -> None:
-    clock = Clock()
-    config = AdmissionConfig(
-        latency_s=0.05, latency_items=100, batch_pairs=8, free_batches=8, burst_gap_s=0.1
-    )
-    admission = Admission(config, clock=clock)
-    full_batches(admission.forecast, 3, pairs=8, seconds=0.01)  # 800 pairs/s: 40 in budget
-    with admission.reserve(35):  # finds the queue empty: a burst starts
-        clock.now += 0.05
-        with admission.reserve(10):  # within the gap: part of the burst, past the budget
-            pass
-        clock.now += 0.15  # a gap longer than the burst's: it is over
-        with pytest.raises(Overloaded), admission.reserve(10):  # spread out: by the rate
-            pass
-    with admission.reserve(35):  # idle again: a new burst
-        clock.now += 0.01
-        with admission.reserve(10):
-            pass
-        clock.now += 0.01
-        # Past the 64 free pairs the burst is judged by the forecast too.
-        with pytest.raises(Overloaded), admission.reserve(30):
-            pass
-
-
-def test_an_uncalibrated_forecast_always_admits_a_few_full_batches() -> None:
-    # A seeded 10 pairs/s would refuse 6 pairs behind 6, but 12 pairs fit in the free
-    # full batches (2 x 8), which a burst runs far faster per pair.
-    clock = Clock()
-    config = AdmissionConfig(latency_s=0.05, latency_items=100, batch_pairs=8, free_batches=2)
-    admission = Admission(config, clock=clock)
-    admission.forecast.seed(10.0)
-    with admission.reserve(6):
-        clock.now += 1.0  # not a burst: the allowance holds because nothing was measured
-        with admission.reserve(6):
-            assert admission.reserved_pairs == 12
-            with pytest.raises(Overloaded), admission.reserve(6):  # 18 > 16 free pairs
-                pass
-
-
-def test_the_forecast_is_replaceable() -> None:
-    forecast = FixedForecast(seconds_per_pair=0.125)
-    admission = Admission(AdmissionConfig(latency_s=1.0, free_batches=0), forecast)
-    with admission.reserve(4):
-        with admission.reserve(4):  # 1.0 s: just within
-            pass
-        with pytest.raises(Overloaded) as excinfo, admission.reserve(5):  # 1.125 s
-            pass
-        assert excinfo.value.retry_after_s == 1  # ceil(4 pairs x 0.125 s)
-    with admission.reserve(100):
-        assert admission.retry_after_s() == 13 and admission.saturated()
-    with admission.reserve(4000):
-        assert admission.retry_after_s() == 60  # capped
-    admission.note_overhead(0.25)
-    assert forecast.overhead_s == 0.25

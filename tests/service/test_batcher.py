@@ -275,3 +275,79 @@ def test_metrics_record_batches() -> None:
     assert registry.get_sample_value("relevance_queue_wait_seconds_count") == 6
     assert registry.get_sample_value("relevance_batch_tokens_sum") == 5 * 6
     assert registry.get_sample_value("relevance_queue_depth_pairs") == 0
+
+
+async def _gated_start(b: MicroBatcher, model: FakeModel) -> asyncio.Task[Any]:
+    """Occupy the model with one pair until ``model.gate`` opens, and the one-slot hand-off
+    with a full batch of 4 (prepared while the model is busy): the queue builds behind them.
+    The model then sees 5 rows before the queued ones."""
+    model.gate = threading.Event()
+    first = asyncio.create_task(submit(b, [make_pair(3, seed=999)]))
+    await until(lambda: bool(model.threads))
+    filler = asyncio.create_task(submit(b, [make_pair(3, seed=900 + i) for i in range(4)]))
+    await until(lambda: not b.pending_pairs and b.has_work())
+    return asyncio.ensure_future(asyncio.gather(first, filler))
+
+
+def test_the_request_due_first_is_served_first() -> None:
+    model = FakeModel()
+    late = [make_pair(4, seed=100 + i) for i in range(4)]
+    soon = [make_pair(4, seed=200 + i) for i in range(4)]
+
+    async def body(b: MicroBatcher) -> None:
+        first = await _gated_start(b, model)
+        now = time.monotonic()
+        # Queued first but due later; then a request due sooner.
+        t_late = asyncio.create_task(b.score(late, now + FAR, due=now + 2.0))
+        await asyncio.sleep(0)
+        t_soon = asyncio.create_task(b.score(soon, now + FAR, due=now + 1.0))
+        await asyncio.sleep(0.01)
+        assert model.gate is not None
+        model.gate.set()
+        await asyncio.gather(first, t_late, t_soon)
+
+    run(model, body, max_batch_size=4, max_wait_ms=1, window_batches=1)
+    rows = model.row_ids()[5:]
+    order = [tuple(int(t) for t in p.input_ids) for p in (*soon, *late)]
+    assert rows == order
+
+
+def test_no_starvation_only_work_due_first_may_overtake() -> None:
+    """EDF without an aging rule: a request's due instant is fixed when it arrives and never
+    earlier than its arrival, so a request due at D is overtaken only by requests due before
+    D (which arrived before D); everything due after D, however much keeps coming, waits
+    behind it."""
+    model = FakeModel()
+    waiting = [make_pair(4, seed=1 + i) for i in range(4)]
+    before = [[make_pair(4, seed=100 + 4 * r + i) for i in range(4)] for r in range(5)]
+    after = [[make_pair(4, seed=300 + 4 * r + i) for i in range(4)] for r in range(20)]
+
+    async def body(b: MicroBatcher) -> None:
+        first = await _gated_start(b, model)
+        now = time.monotonic()
+        d = now + 1.0
+        tasks = [asyncio.create_task(b.score(waiting, now + FAR, due=d))]
+        await asyncio.sleep(0)
+        # A stream of tighter requests: some due before D, the rest (arriving later) after.
+        for pairs in before:
+            tasks.append(asyncio.create_task(b.score(pairs, now + FAR, due=d - 0.5)))
+        for r, pairs in enumerate(after):
+            tasks.append(asyncio.create_task(b.score(pairs, now + FAR, due=d + 0.001 * (r + 1))))
+        await asyncio.sleep(0.01)
+        assert model.gate is not None
+        model.gate.set()
+        await asyncio.gather(first, *tasks)
+
+    run(model, body, max_batch_size=4, max_wait_ms=1, window_batches=1)
+    rows = model.row_ids()[5:]
+    ids = {
+        tuple(int(t) for t in p.input_ids): name
+        for name, group in (
+            ("before", [p for r in before for p in r]),
+            ("waiting", waiting),
+            ("after", [p for r in after for p in r]),
+        )
+        for p in group
+    }
+    names = [ids[row] for row in rows]
+    assert names == ["before"] * 20 + ["waiting"] * 4 + ["after"] * 80

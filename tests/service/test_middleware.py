@@ -9,7 +9,7 @@ from collections.abc import Callable
 from apitools import metric, run, serving
 from fastapi import FastAPI
 
-from service.admission import ThroughputForecast
+from service.admission import CostModel
 from service.middleware import LoopLag
 
 QUERY = "angle bracket"
@@ -85,9 +85,12 @@ def test_saturated_admission_sheds_at_the_door_with_its_retry_after(
     async def body() -> None:
         async with serving(app) as client:
             admission = app.state.admission
-            admission.forecast = ThroughputForecast()
-            admission.forecast.seed(100.0)  # 300 pairs ahead: 3 s, past the 0.6 s budget
-            with admission.reserve(300):
+            admission.forecast = cost = CostModel()
+            cost.a, cost.b, cost.padding_factor = 0.0, 0.001, 1.0  # 1 ms a token
+            # 300 pairs of 10 tokens due first: 3 s, past a one-pair request's 0.9 s budget
+            # (work due later would not count: the one pair would be served before it).
+            soon = time.monotonic() + 0.5
+            with admission.reserve(300, tokens=3000, deadline=soon):
                 r = await client.post("/score", content=b"not even JSON")  # body never read
                 assert r.status_code == 429 and r.headers["Retry-After"] == "3"
                 assert "300 pairs queued, past the latency budget" in r.json()["error"]

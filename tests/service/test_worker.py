@@ -130,12 +130,18 @@ def test_each_batch_is_reported_with_its_size_and_backlog() -> None:
     async def body(b: MicroBatcher) -> Any:
         first = asyncio.create_task(submit(b, [make_pair(3, seed=i) for i in range(4)]))
         await until(lambda: bool(model.threads))
-        second = asyncio.create_task(submit(b, [make_pair(3, seed=10 + i) for i in range(2)]))
-        await until(lambda: b.pending_pairs == 2)  # queued behind the batch in the model
+        # A full batch, packed while the model is busy: it waits for the model.
+        second = asyncio.create_task(submit(b, [make_pair(3, seed=10 + i) for i in range(4)]))
+        await until(lambda: b.batch_waiting())
+        # Two pairs more: only queued (a partial batch waits for the model to be idle).
+        third = asyncio.create_task(submit(b, [make_pair(3, seed=20 + i) for i in range(2)]))
+        await until(lambda: b.pending_pairs == 2)
         model.gate.set()
-        return await asyncio.gather(first, second)
+        return await asyncio.gather(first, second, third)
 
     run(model, body, on_batch=runs.append, max_batch_size=4, max_wait_ms=1)
-    assert [r.pairs for r in runs] == [4, 2]
-    assert runs[0].backlogged and not runs[1].backlogged
+    assert [r.pairs for r in runs] == [4, 4, 2]
+    # Backlogged = the model was the bottleneck: a packed batch waited when it ended.
+    assert [r.backlogged for r in runs] == [True, False, False]
+    assert [(r.width, r.real_tokens) for r in runs] == [(3, 12), (3, 12), (3, 6)]
     assert runs[0].started + runs[0].elapsed_s <= runs[1].started
