@@ -267,6 +267,12 @@ class CostModel:
             if b > 0 and a >= 0:
                 self.a, self.b = a, b
                 return
+            if sxx > 0 and sxy > 0:
+                # A negative intercept: cost grows faster than the tokens (attention), so
+                # the line through the origin, weighted toward the large batches that
+                # matter under load.
+                self.a, self.b = 0.0, sxy / sxx
+                return
         # One shape only (or a fit with a negative term): the batches say how fast the
         # machine is now, not how cost splits between a and b, so both are scaled to match
         # them (all per token before anything was fitted).

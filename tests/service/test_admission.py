@@ -63,6 +63,16 @@ def test_warmup_fit_recovers_the_cost_of_a_batch_and_of_a_token() -> None:
     assert cost.work_s(0, 0) == 0.0
 
 
+def test_a_superlinear_machine_gets_the_line_through_the_origin() -> None:
+    # Cost grows with the square of the tokens: the best line has a negative intercept.
+    runs = [TimedRun(rows, 10, 1e-6 * (rows * 10) ** 2) for rows in (1, 2, 4, 8)]
+    cost = CostModel(batch_pairs=BATCH)
+    cost.fit(runs)
+    sxy = sum(r.padded_tokens * r.seconds for r in runs)
+    sxx = sum(r.padded_tokens**2 for r in runs)
+    assert cost.a == 0.0 and cost.b == pytest.approx(sxy / sxx)
+
+
 def test_the_model_follows_the_machine_from_the_batches_it_runs() -> None:
     cost = CostModel(batch_pairs=BATCH, forgetting=0.9)
     cost.fit(exact_runs())
