@@ -66,7 +66,15 @@ def _load(request: Request) -> dict[str, Any]:
     state = request.app.state
     lag = getattr(state, "loop_lag", None)
     admission: Admission | None = getattr(state, "admission", None)
-    unknown = {"reserved_pairs": None, "measured_pairs_per_s": None, "request_overhead_ms": None}
+    unknown = dict.fromkeys(
+        (
+            "reserved_pairs",
+            "forecast_queue_ms",
+            "measured_pairs_per_s",
+            "request_overhead_ms",
+            "cost_model",
+        )
+    )
     return {
         "loop_lag_ms": round(lag.lag_s * 1000, 1) if lag is not None else None,
         **(admission.load() if admission is not None else unknown),
