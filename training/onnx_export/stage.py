@@ -208,7 +208,7 @@ def export_representation_run(
     package = export_representation_package(
         students_dir(config) / name,
         package_dir,
-        name=config.export.representation_package,
+        name=package_dir.name,
         version=config.export.version,
         backbone=_backbone_name(config),
         variants=config.export.variants,
