@@ -314,6 +314,7 @@ def _save_checkpoint(
     adapter_config = json.loads((tmp / "adapter_config.json").read_text())
     adapter_config["base_model_name_or_path"] = config.base
     (tmp / "adapter_config.json").write_text(json.dumps(adapter_config, indent=2) + "\n")
+    (tmp / "README.md").unlink(missing_ok=True)  # peft's model card: local paths, no content
     torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
     torch.save(_rng_state(), tmp / "rng.pt")
     (tmp / "state.json").write_text(

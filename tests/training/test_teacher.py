@@ -14,6 +14,7 @@ from safetensors.torch import load_file
 
 from relevance_core.teacher import TeacherConfig, load_base, teacher_id
 from training.teacher import (
+    CHECKPOINT_FILES,
     bucketed_batches,
     soft_targets,
     train_teacher,
@@ -123,6 +124,7 @@ def test_resumed_training_reproduces_the_uninterrupted_run(
 
     adapter_config = json.loads((resumed / "adapter_config.json").read_text())
     assert adapter_config["base_model_name_or_path"] == config.base
+    assert sorted(p.name for p in resumed.iterdir()) == sorted(CHECKPOINT_FILES)
 
     package = write_teacher_package(resumed, tmp_path / "pkg" / "teacher-tiny", config, {})
     manifest = json.loads((package / "manifest.json").read_text())
