@@ -14,7 +14,7 @@ ready.
 2. **Shapes** (:func:`warmup_batches`): ONNX Runtime allocates and picks kernels on the
    first run of a shape; each shape runs once untimed, then once timed. Those timings,
    with the ladder's at the chosen setting, are what the cost model is fitted to
-   (:class:`service.admission.CostModel`).
+   (:class:`service.cost_model.CostModel`).
 
 Blocking: the engine calls it on a thread, before any traffic.
 """
@@ -29,8 +29,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from service.admission import TimedRun
 from service.batcher import BatcherConfig
+from service.cost_model import TimedRun
 from service.features import PairEncoder, collate
 from service.scorers import Scorer
 

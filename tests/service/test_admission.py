@@ -14,7 +14,8 @@ import math
 import pytest
 from prometheus_client import CollectorRegistry
 
-from service.admission import Admission, AdmissionConfig, CostModel, TimedRun
+from service.admission import Admission, AdmissionConfig
+from service.cost_model import CostModel, TimedRun
 from service.errors import NotReady, Overloaded, PayloadTooLarge
 from service.metrics import Metrics
 

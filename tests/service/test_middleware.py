@@ -9,7 +9,7 @@ from collections.abc import Callable
 from apitools import metric, run, serving
 from fastapi import FastAPI
 
-from service.admission import CostModel
+from service.cost_model import CostModel
 from service.middleware import LoopLag
 
 QUERY = "angle bracket"
