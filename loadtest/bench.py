@@ -21,6 +21,10 @@ ratios service/naive, service/peer and service/ceiling. Writes ``bench.json`` an
 
     python -m loadtest.bench --quick            # under 3 minutes on 2 cores
     python -m loadtest.bench --model models/minilm-homedepot --torch-model runs/students/NAME
+
+Why one module of ~740 lines: it is a command, not a library; the plan, the five systems'
+runs and the report read top to bottom in the order they happen, and the load generator,
+servers and statistics it uses live in their own modules.
 """
 
 from __future__ import annotations

@@ -216,10 +216,8 @@ def score_representation_package(
 ) -> list[Scored]:
     """The exported representation package (its INT8 graphs, else FP32) when one verifies."""
     from training.onnx_export import ExportError
-    from training.onnx_export.representation import (
-        package_scorer,
-        read_representation_manifest,
-    )
+    from training.onnx_export.representation import package_scorer
+    from training.onnx_export.representation_manifest import read_representation_manifest
 
     package_dir = config.path("models_dir") / config.export.representation_package
     try:

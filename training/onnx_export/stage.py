@@ -184,11 +184,9 @@ def export_representation_run(
     config: TrainConfig, name: str, record: dict[str, Any], force: bool = False
 ) -> Path:
     """A representation run as ``models_dir/<export.representation_package>`` (two graphs)."""
-    from training.onnx_export.representation import (
-        export_representation_package,
-        read_representation_manifest,
-    )
+    from training.onnx_export.representation import export_representation_package
     from training.onnx_export.representation import summarize as summarize_representation
+    from training.onnx_export.representation_manifest import read_representation_manifest
 
     package_dir = config.path("models_dir") / config.export.representation_package
     try:

@@ -18,9 +18,11 @@ from training.onnx_export.recipes import RECIPES, Recipe
 from training.onnx_export.representation import (
     export_representation_package,
     package_scorer,
-    read_representation_manifest,
     summarize,
     torch_reference_scores,
+)
+from training.onnx_export.representation_manifest import (
+    read_representation_manifest,
     verify_representation_package,
 )
 from training.representation import HEAD_FILE

@@ -10,7 +10,7 @@ import pytest
 from training.artifacts import load_dataset, read_run, students_dir
 from training.evaluation.report import student_row_name
 from training.evaluation.systems import score_representation_run
-from training.onnx_export.representation import read_representation_manifest
+from training.onnx_export.representation_manifest import read_representation_manifest
 from training.onnx_export.stage import choose_student, stage_export
 from training.representation.model import load_representation
 from training.representation.train import scorer
