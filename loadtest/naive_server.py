@@ -21,6 +21,8 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from relevance_core.activation import sigmoid
+
 SAFETENSORS = "model.safetensors"
 TORCH_BIN = "pytorch_model.bin"
 
@@ -122,7 +124,7 @@ def create_app(model_dir: Path, max_length: int, threads: int = 0) -> Any:
         items = [
             i if isinstance(i, Item) else Item(id=str(n), text=i) for n, i in enumerate(body.items)
         ]
-        values = 1 / (1 + np.exp(-logits(body.query, [i.text for i in items])))
+        values = sigmoid(logits(body.query, [i.text for i in items]))
         return {
             "model": {"name": "naive-pytorch", "version": str(model_dir)},
             "scores": [
@@ -134,7 +136,7 @@ def create_app(model_dir: Path, max_length: int, threads: int = 0) -> Any:
     @app.post("/rerank")
     def rerank(body: RerankBody) -> list[dict[str, Any]]:
         raw = logits(body.query, body.texts)
-        values = raw if body.raw_scores else 1 / (1 + np.exp(-raw))
+        values = raw if body.raw_scores else sigmoid(raw)
         order = np.argsort(-values, kind="stable")
         return [{"index": int(i), "score": float(values[i])} for i in order]
 
