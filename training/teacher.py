@@ -126,7 +126,7 @@ def with_random_negatives(
     grades = np.asarray(grades, dtype=np.float64)
     distinct = sorted({q.lower() for q in queries})
     count = round(rate * len(distinct))
-    if count <= 0:
+    if count <= 0 or len(distinct) < 2:  # one query: no other query's item to borrow
         return queries, titles, grades
     rng = np.random.default_rng(seed)
     chosen = rng.choice(len(distinct), size=count, replace=count > len(distinct))

@@ -70,6 +70,8 @@ def test_random_negatives_pair_queries_with_other_queries_items_graded_irrelevan
     again = with_random_negatives(queries, titles, grades, rate=2.0, seed=1)
     assert again[1] == t
     assert with_random_negatives(queries, titles, grades, rate=0.0, seed=1)[0] == queries
+    one_query = with_random_negatives(["drill"] * 2, ["A", "B"], [3.0, 2.0], rate=1.0, seed=1)
+    assert one_query[0] == ["drill", "drill"]
 
 
 def test_truncated_teacher_keeps_only_lower_layers(tiny_teacher_base: Path, tmp_path: Path):
