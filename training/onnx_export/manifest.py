@@ -45,18 +45,8 @@ def build_manifest(
     extra: dict[str, Any],
 ) -> Manifest:
     """The manifest of the files in ``package``; ``extra["provenance"]`` gains ``export``."""
-    files = {
-        p.relative_to(package).as_posix(): sha256_file(p)
-        for p in sorted(package.rglob("*"))
-        if p.is_file() and p.name != MANIFEST_NAME
-    }
-    provenance = dict(extra.pop("provenance", {}))
-    provenance["export"] = {
-        "exported_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "tools": _versions(),
-        "machine": {"platform": platform.platform(), "cpu": _cpu_model()},
-        "rejected": dict(rejected),
-    }
+    files = package_files(package)
+    provenance = export_provenance(extra, rejected)
     fields: dict[str, Any] = {
         "name": name,
         "version": version,
@@ -103,3 +93,24 @@ def summarize(package_dir: str | Path) -> str:
         reasons = "; ".join(f"{a['recipe']}: {a.get('reason') or a.get('error')}" for a in attempts)
         lines.append(f"  {variant}: NOT WRITTEN ({reasons})")
     return "\n".join(lines)
+
+
+def package_files(package: Path, manifest_name: str = MANIFEST_NAME) -> dict[str, str]:
+    """SHA-256 of every file under ``package`` except its manifest, by relative path."""
+    return {
+        p.relative_to(package).as_posix(): sha256_file(p)
+        for p in sorted(package.rglob("*"))
+        if p.is_file() and p.name != manifest_name
+    }
+
+
+def export_provenance(extra: dict[str, Any], rejected: Mapping[str, Any]) -> dict[str, Any]:
+    """``extra["provenance"]`` (popped) with the export's time, tools, machine and rejects."""
+    provenance = dict(extra.pop("provenance", {}))
+    provenance["export"] = {
+        "exported_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "tools": _versions(),
+        "machine": {"platform": platform.platform(), "cpu": _cpu_model()},
+        "rejected": dict(rejected),
+    }
+    return provenance

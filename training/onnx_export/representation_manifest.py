@@ -8,8 +8,6 @@ bytes per item, a 50k-item catalogue's memory) and every variant's files and gat
 
 from __future__ import annotations
 
-import datetime as dt
-import platform
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -19,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from relevance_core.hashing import sha256_file
 from service.model_package import ScoreSpec
 from training.onnx_export import ExportError
-from training.onnx_export.manifest import _cpu_model, _versions
+from training.onnx_export.manifest import export_provenance, package_files
 from training.representation import BI_ENCODER, HEAD_FILE
 from training.representation.model import INPUT_NAMES, PROJECTION_FILE, HeadSpec
 from training.representation.scoring import ITEM, QUERY
@@ -141,18 +139,8 @@ def _manifest(
     vectors: dict[str, Any],
     extra: dict[str, Any],
 ) -> RepresentationManifest:
-    files = {
-        p.relative_to(package).as_posix(): sha256_file(p)
-        for p in sorted(package.rglob("*"))
-        if p.is_file() and p.name != MANIFEST_NAME
-    }
-    provenance = dict(extra.pop("provenance", {}))
-    provenance["export"] = {
-        "exported_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "tools": _versions(),
-        "machine": {"platform": platform.platform(), "cpu": _cpu_model()},
-        "rejected": dict(rejected),
-    }
+    files = package_files(package, MANIFEST_NAME)
+    provenance = export_provenance(extra, rejected)
     bi = spec.architecture == BI_ENCODER
     head = HeadManifest(
         pooling="mean" if bi else "none",
