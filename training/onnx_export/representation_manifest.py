@@ -1,4 +1,5 @@
-"""The representation package's manifest: its pydantic models, building and verifying it.
+"""The representation package's manifest: building and verifying it (its pydantic models are
+:mod:`service.representation_package`'s, the reader's, re-exported here).
 
 A representation package (two ONNX graphs, query and item, plus a small numpy head) has a
 manifest of its own kind (``kind: "representation"``): which student architecture, the
@@ -10,16 +11,23 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import ValidationError
 
 from relevance_core.hashing import sha256_file
-from service.model_package import ScoreSpec
+from service.representation_package import (
+    HeadManifest,
+    ItemVectors,
+    RepresentationManifest,
+    RepresentationVariant,
+    SideGraph,
+    SideSpec,
+)
 from training.onnx_export import ExportError
 from training.onnx_export.manifest import export_provenance, package_files
-from training.representation import BI_ENCODER, HEAD_FILE
-from training.representation.model import INPUT_NAMES, PROJECTION_FILE, HeadSpec
+from training.representation import BI_ENCODER
+from training.representation.model import PROJECTION_FILE, HeadSpec
 from training.representation.scoring import ITEM, QUERY
 
 SIDES = (QUERY, ITEM)
@@ -38,88 +46,15 @@ def graph_file(side: str, variant: str) -> str:
 
 
 # --------------------------------------------------------------------------- manifest
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class SideGraph(_Strict):
-    file: str
-
-
-class RepresentationVariant(_Strict):
-    """Both graphs of one precision, where they run, and what the export measured."""
-
-    precision: Literal["fp32", "fp16", "int8"]
-    query: SideGraph
-    item: SideGraph
-    providers: list[str]
-    batch_invariant: bool
-    parity: dict[str, Any] = Field(default_factory=dict)
-    build: dict[str, Any] = Field(default_factory=dict)
-
-
-class SideSpec(_Strict):
-    """How one side's text is encoded: ``[CLS] text [SEP]``, cut, padded, token type 0."""
-
-    max_length: int = Field(gt=2)
-    template: str = "[CLS] text [SEP]"
-    truncation: str = "longest_first (single text, cut to max_length)"
-    padding: str = "longest"
-    token_type_ids: int = 0
-
-
-class HeadManifest(_Strict):
-    file: str = HEAD_FILE
-    pooling: Literal["mean", "none"]
-    projection: str | None  # file of W (hidden, dim) float32: v = h @ W
-    normalize: Literal["l2"] = "l2"
-    similarity: str
-    scale: float
-    bias: float
-    logit: str = "scale * similarity + bias"
-    activation: Literal["sigmoid"] = "sigmoid"
-
-
-class ItemVectors(_Strict):
-    """The stored item representation and what a catalogue of it costs in memory."""
-
-    dim: int
-    dtype: Literal["float32", "float16"]
-    per_item: Literal["one vector", "one vector per token"]
-    bytes_per_vector: int
-    mean_vectors_per_item: float
-    max_vectors_per_item: int
-    bytes_per_item: float
-    catalogue_items: int
-    catalogue_bytes: int
-    catalogue_source: str
-    parity: dict[str, Any] = Field(default_factory=dict)
-
-
-class RepresentationManifest(_Strict):
-    """``manifest.json`` of a representation package (``kind: representation``)."""
-
-    format_version: Literal[1] = 1
-    kind: Literal["representation"] = "representation"
-    architecture: Literal["bi-encoder", "late-interaction"]
-    name: str
-    version: str
-    backbone: str
-    inputs: list[str] = Field(default_factory=lambda: list(INPUT_NAMES))
-    output: str = OUTPUT_NAME
-    hidden_size: int
-    tokenizer: str = "tokenizer.json"
-    query: SideSpec
-    item: SideSpec
-    head: HeadManifest
-    item_vectors: ItemVectors
-    score: ScoreSpec = Field(default_factory=ScoreSpec)
-    variants: dict[str, RepresentationVariant]
-    files: dict[str, str]
-    evaluation: dict[str, Any] = Field(default_factory=dict)
-    provenance: dict[str, Any] = Field(default_factory=dict)
+# The manifest's models are the service's (it reads what the export writes): re-exported.
+__all__ = [
+    "HeadManifest",
+    "ItemVectors",
+    "RepresentationManifest",
+    "RepresentationVariant",
+    "SideGraph",
+    "SideSpec",
+]
 
 
 def read_representation_manifest(package_dir: str | Path) -> RepresentationManifest:

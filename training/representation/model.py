@@ -32,6 +32,9 @@ import torch
 from tokenizers import Tokenizer
 from torch import nn
 
+from relevance_core import representation as head
+from relevance_core.representation import NORM_EPS as _NORM_EPS
+from relevance_core.representation import similarity as similarity
 from training.artifacts import TOKENIZER_FILES
 from training.representation import ARCHITECTURES, BI_ENCODER, HEAD_FILE, LATE_INTERACTION
 from training.student import StudentError, backbone_dir, keep_encoder_layers
@@ -43,8 +46,6 @@ if TYPE_CHECKING:
 
 PROJECTION_FILE = "projection.npy"
 INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")
-# Keeps a zero vector (an all-padding row) at zero instead of NaN; F.normalize's default.
-_NORM_EPS = 1e-12
 
 
 @dataclass(frozen=True)
@@ -99,11 +100,7 @@ def encode_texts(tokenizer: Tokenizer, texts: Sequence[str]) -> dict[str, np.nda
 
 
 # --------------------------------------------------------------------------- numpy head
-
-
-def _normalize(x: np.ndarray) -> np.ndarray:
-    norm = np.linalg.norm(x, axis=-1, keepdims=True)
-    return x / np.maximum(norm, _NORM_EPS)
+# The maths lives in relevance_core.representation, which the service computes with too.
 
 
 def pool(
@@ -113,38 +110,11 @@ def pool(
 
     Bi-encoder: ``(n, dim)``. Late interaction: ``(n, L, dim)``, padded tokens zero.
     """
-    hidden = np.asarray(hidden, dtype=np.float32)
-    weights = np.asarray(mask, dtype=np.float32)[..., None]
-    if spec.architecture == BI_ENCODER:
-        pooled = (hidden * weights).sum(axis=1) / np.maximum(weights.sum(axis=1), 1e-9)
-        if projection is not None:
-            pooled = pooled @ projection
-        return _normalize(pooled)
-    tokens = hidden @ projection if projection is not None else hidden
-    return _normalize(tokens) * weights
-
-
-def similarity(
-    query: np.ndarray, query_mask: np.ndarray | None, item: np.ndarray, item_mask: np.ndarray | None
-) -> np.ndarray:
-    """Similarity of row-aligned pairs: ``query[i]`` with ``item[i]``; float64 ``(n,)``.
-
-    Bi-encoder vectors are ``(n, dim)`` (masks unused, pass None). Late-interaction
-    vectors are ``(n, Lq, dim)`` / ``(n, Ld, dim)`` with their masks ``(n, Lq)`` /
-    ``(n, Ld)``: the mean over real query tokens of the max over real item tokens.
-    """
-    query, item = np.asarray(query, np.float64), np.asarray(item, np.float64)
-    if query.ndim == 2:
-        return np.einsum("nd,nd->n", query, item)
-    sims = np.einsum("nqd,nkd->nqk", query, item)
-    sims = np.where(np.asarray(item_mask, bool)[:, None, :], sims, -np.inf)
-    best = sims.max(axis=2)
-    q_mask = np.asarray(query_mask, bool)
-    return np.where(q_mask, best, 0.0).sum(axis=1) / np.maximum(q_mask.sum(axis=1), 1)
+    return head.pool(hidden, mask, spec.architecture, projection)
 
 
 def logits_from_similarity(spec: HeadSpec, sims: np.ndarray) -> np.ndarray:
-    return spec.scale * np.asarray(sims, np.float64) + spec.bias
+    return head.logits_from_similarity(spec.scale, spec.bias, sims)
 
 
 # --------------------------------------------------------------------------- torch student

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 from tokenizers import Tokenizer
 
+from relevance_core import representation as head
 from relevance_core.activation import sigmoid
 from training.representation import BI_ENCODER
 from training.representation.model import (
@@ -23,7 +24,6 @@ from training.representation.model import (
     encode_texts,
     logits_from_similarity,
     pool,
-    similarity,
 )
 
 QUERY, ITEM = "query", "item"
@@ -134,14 +134,6 @@ class PairScorer:
 def pair_similarities(
     spec: HeadSpec, queries: Sequence[Vectors], items: Sequence[Vectors]
 ) -> np.ndarray:
-    """Similarity of each (query vectors, item vectors) pair, float64.
-
-    Late-interaction sides have their own token counts; each pair is padded to its two
-    lengths only (masks from the lengths), so the maths is :func:`similarity`'s.
-    """
-    if spec.architecture == BI_ENCODER:
-        return similarity(np.stack(queries), None, np.stack(items), None)
-    out = np.empty(len(queries), dtype=np.float64)
-    for row, (q, d) in enumerate(zip(queries, items, strict=True)):
-        out[row] = similarity(q[None], np.ones((1, len(q))), d[None], np.ones((1, len(d))))[0]
-    return out
+    """Similarity of each (query vectors, item vectors) pair, float64 (see
+    :func:`relevance_core.representation.pair_similarities`)."""
+    return head.pair_similarities(spec.architecture, queries, items)
