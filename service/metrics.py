@@ -186,6 +186,35 @@ class Metrics:
             registry=r,
         )
 
+        # Item store of the representation student (service.item_store)
+        self.item_store_lookups = Counter(
+            "relevance_item_store_lookups_total",
+            "Items looked up in the item store, by result (hit, miss).",
+            ["result"],
+            registry=r,
+        )
+        self.item_store_evictions = Counter(
+            "relevance_item_store_evictions_total",
+            "Item store entries evicted to stay within its byte bound.",
+            registry=r,
+        )
+        self.item_store_bytes = Gauge(
+            "relevance_item_store_bytes",
+            "Estimated bytes held by the item store (RELEVANCE_ITEM_STORE_MB bounds it).",
+            registry=r,
+        )
+        self.item_store_entries = Gauge(
+            "relevance_item_store_entries",
+            "Items whose vectors the item store holds.",
+            registry=r,
+        )
+        self.encoded_texts = Counter(
+            "relevance_encoded_texts_total",
+            "Texts the representation student encoded, by side (query, item).",
+            ["side"],
+            registry=r,
+        )
+
         # Cost model and start-up tuning (service.admission, service.warmup)
         self.batch_cost_fixed = Gauge(
             "relevance_cost_model_batch_seconds",
