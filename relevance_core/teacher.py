@@ -219,11 +219,22 @@ def _chunks(order: np.ndarray, size: int) -> Iterator[np.ndarray]:
 class Teacher:
     """A loaded teacher: blocking, batched scoring of (query, title) pairs."""
 
-    def __init__(self, model, tokenizer, config: TeacherConfig, name: str, batch_size: int = 16):
+    def __init__(
+        self,
+        model,
+        tokenizer,
+        config: TeacherConfig,
+        name: str,
+        batch_size: int = 16,
+        version: str = "unknown",
+    ):
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.config = config
+        # name: the label key (teacher_id); version: the digest in it, what the shadow
+        # reports and writes into mirrored records.
         self.name = name
+        self.version = version
         self.batch_size = batch_size
 
     def predict_proba(self, queries: Sequence[str], texts: Sequence[str]) -> np.ndarray:
@@ -312,4 +323,5 @@ def load_teacher(
     model, tokenizer = load_base(config, cache)
     model = PeftModel.from_pretrained(model, package_dir)
     model = model.merge_and_unload()
-    return Teacher(model, tokenizer, config, name=teacher_id(package_dir))
+    identity = teacher_id(package_dir)
+    return Teacher(model, tokenizer, config, name=identity, version=identity.rsplit("-", 1)[-1])

@@ -282,6 +282,8 @@ class TeacherShadow:
                     "teacher_score": float(t),
                     "student_score": float(s),
                     "teacher": self.name,
+                    # Added later: readers must accept records without it.
+                    "teacher_version": self.version,
                 },
                 ensure_ascii=False,
             )

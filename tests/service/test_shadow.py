@@ -269,8 +269,10 @@ def test_mirror_exports_agreement_and_jsonl(
             "teacher_score",
             "student_score",
             "teacher",
+            "teacher_version",
         }
         assert lines[0]["teacher"] == "fake-teacher" and lines[0]["item_id"] == "i0"
+        assert lines[0]["teacher_version"] == "1"
         assert metric(app, "relevance_shadow_spearman_count") == 3
         # the mean agreement the dashboard and the alert read: sum / count of a summary
         assert metric(app, "relevance_shadow_rank_agreement_count") == 3
