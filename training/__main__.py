@@ -1,6 +1,6 @@
 """Command line: ``python -m training STAGE [--config FILE] [options]``.
 
-Stages: ``teacher``, ``label``, ``distill``, ``committee``, ``represent``, ``evaluate``,
+Stages: ``teacher``, ``label``, ``distill``, ``small``, ``committee``, ``represent``, ``evaluate``,
 ``export``, ``all`` and
 ``ensure-default`` (what ``make serve`` runs: nothing when the default package verifies).
 Each stage skips work whose output is current; ``--force`` redoes it.
@@ -11,6 +11,7 @@ Examples::
     python -m training label --limit 26564               # teacher labels, resumable
     python -m training label --engine ray                # the same on Ray Data actors
     python -m training distill --size 26564              # + 26,564 teacher-labeled pairs
+    python -m training small --set 'small.layers=[[1, 3, 5]]'   # from distill-n<largest>
     python -m training committee --set committee.members=human-only,distill-n26564
     python -m training represent --set representation.architecture=late-interaction \
         --set representation.dim=128                     # the cacheable student
@@ -38,6 +39,7 @@ from training.stages import (
     stage_distill,
     stage_label,
     stage_represent,
+    stage_small,
     stage_teacher,
 )
 
@@ -45,6 +47,7 @@ STAGES = (
     "teacher",
     "label",
     "distill",
+    "small",
     "committee",
     "represent",
     "evaluate",
@@ -136,6 +139,8 @@ def main(argv: list[str] | None = None) -> int:
             stage_label(config, limit=args.limit, max_seconds=args.max_seconds)
         elif args.stage == "distill":
             stage_distill(config, sizes=args.size, force=args.force)
+        elif args.stage == "small":
+            stage_small(config, force=args.force)
         elif args.stage == "committee":
             stage_committee(config, force=args.force)
         elif args.stage == "represent":

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from relevance_core.hashing import sha256_file
@@ -187,6 +188,30 @@ def with_scores(pairs: pd.DataFrame, labels: pd.DataFrame) -> pd.DataFrame:
     )
 
 
+def human_teacher_scores(config: TrainConfig, dataset: Dataset) -> np.ndarray:
+    """The teacher's scores of every human training pair, aligned to the train split.
+
+    They come from the label stage's cache of the ``train`` split (``label.splits``
+    holding "train" and ``label.eval_queries = 0``, so the whole split is labeled).
+    """
+    train = dataset.splits["train"]
+    path = split_labels_path(config, dataset, "train")
+    labels = read_labels(path).loc[:, ["query_key", "product_id", "teacher_score"]]
+    merged = train.loc[:, ["query_key", "product_id"]].merge(
+        labels, on=["query_key", "product_id"], how="left"
+    )
+    scores = merged["teacher_score"].to_numpy(dtype=np.float64)
+    missing = int(np.isnan(scores).sum())
+    if missing:
+        raise PipelineError(
+            f"{path} lacks teacher scores of {missing} of the {len(train)} human training "
+            "pairs, which loss.human_teacher_weight > 0 or loss.margin_scale = 'teacher' need; "
+            'run `python -m training label` with label.splits holding "train" and '
+            "label.eval_queries = 0"
+        )
+    return scores
+
+
 def teacher_labeled_augmentation(config: TrainConfig, dataset: Dataset, size: int) -> pd.DataFrame:
     """The first ``size`` teacher-labeled pairs of the augmentation set, in set order."""
     merged = labeled_augmentation(config, dataset)
@@ -206,6 +231,19 @@ def run_name(augment_pairs: int) -> str:
     return HUMAN_ONLY if augment_pairs == 0 else f"distill-n{augment_pairs}"
 
 
+def variant_run_name(base: str, seed: int | None = None, term_matching: bool | None = None) -> str:
+    """``base`` trained with another seed (``-seed<N>``) or term matching flipped."""
+    name = base if seed is None else f"{base}-seed{seed}"
+    if term_matching is not None:
+        name += "-terms" if term_matching else "-noterms"
+    return name
+
+
+def small_run_name(source: str, layers: Sequence[int]) -> str:
+    """A smaller student made of ``layers`` of the run ``source``: ``<source>-l1.3.5``."""
+    return f"{source}-l{'.'.join(str(i) for i in layers)}"
+
+
 def committee_run_name(augment_pairs: int) -> str:
     return f"committee-n{augment_pairs}"
 
@@ -214,13 +252,45 @@ def students_dir(config: TrainConfig) -> Path:
     return config.path("runs_dir") / "students"
 
 
+def human_only_config(config: TrainConfig) -> TrainConfig:
+    """``config`` for the human-only baseline: the teacher's scores play no part in its loss.
+
+    It is what every distilled student is measured against, so it learns from the human
+    grades alone (each pair's grade, margins between grades), whatever ``loss`` says of
+    the teacher's scores of the human pairs.
+    """
+    neutral = {"human_teacher_weight": 0.0, "margin_scale": "per_source"}
+    return config.model_copy(update={"loss": config.loss.model_copy(update=neutral)})
+
+
 def student_fingerprint(config: TrainConfig, dataset: Dataset, size: int) -> str:
-    """Identity of a first-round student: split, student and loss config, data, its labels."""
+    """Identity of a first-round student: split, student and loss config, data, its labels.
+
+    The human-only student's (size 0) ignores the loss's teacher knobs, as its training does.
+    """
     extra: dict[str, Any] = {"data": dataset.sha256, "augment_pairs": size}
+    if not size:
+        config = human_only_config(config)
     if size:
         extra.update(
             teacher=teacher_label_id(config), augment=augment_data_version(config, dataset)
         )
+    return config.fingerprint("split", "student", "loss", extra=extra)
+
+
+def small_student_fingerprint(
+    config: TrainConfig, source: dict[str, Any], layers: Sequence[int]
+) -> str:
+    """Identity of a smaller student: the source run, its layers, the assistant's weight.
+
+    ``config`` is the recipe's (its student section, not the derived one whose backbone
+    is the source run's directory: a path is no identity).
+    """
+    extra = {
+        "source": source["fingerprint"],
+        "layers": list(layers),
+        "assistant_weight": config.small.assistant_weight,
+    }
     return config.fingerprint("split", "student", "loss", extra=extra)
 
 

@@ -30,8 +30,13 @@ DATA_ENV_VAR = "RELEVANCE_TRAIN_DATA"
 CONFIG_FILE_NAME = "train_config.json"
 
 
-# Fields added after runs were cached: at None they leave every fingerprint unchanged.
-_NEUTRAL_WHEN_NONE = (("student", "layers"),)
+# Fields added after runs were cached: at these values (what the code did before they
+# existed) they leave every fingerprint unchanged.
+_NEUTRAL_VALUES: dict[tuple[str, str], Any] = {
+    ("student", "layers"): None,
+    ("loss", "human_teacher_weight"): 0.0,
+    ("loss", "margin_scale"): "per_source",
+}
 
 
 class _Section(BaseModel):
@@ -125,16 +130,42 @@ class StudentConfig(_Section):
 
 
 class LossConfig(_Section):
-    """Hybrid distillation loss: ``pointwise_weight * MSE + margin_weight * margin-MSE``."""
+    """Hybrid distillation loss: ``pointwise_weight * MSE + margin_weight * margin-MSE``.
+
+    Targets of the human-labeled training pairs of a distilled student (see
+    :func:`training.distill.training_frame`; the human-only student always learns from
+    the human grades alone, it is the baseline):
+
+    - pointwise: ``(1 - w) * grade score + w * teacher score``, ``w = human_teacher_weight``
+      (0: the human label, 1: the teacher's score, between: a blend);
+    - margins: ``per_source`` pairs two human items or two augmentation items of one query,
+      each on its own scale (grade margins, teacher margins); ``teacher`` pairs every two
+      items of one query, human or augmentation, and takes the margin of the teacher's
+      scores (Hofstätter et al.'s margin-MSE on one scale). Both need teacher scores of
+      the human training pairs (``label.splits`` holding "train").
+    """
 
     pointwise_weight: float = Field(1.0, ge=0)
     margin_weight: float = Field(1.0, ge=0)
+    human_teacher_weight: float = Field(0.0, ge=0, le=1)
+    margin_scale: Literal["per_source", "teacher"] = "per_source"
 
 
 class CurveConfig(_Section):
-    """Augmentation sizes of the student curve, as multiples of the human training pairs."""
+    """The students of the ``distill`` stage: augmentation sizes, seeds, term matching.
+
+    Sizes are multiples of the human training pairs (0, the human-only student, always
+    comes first).
+    """
 
     augment_multiples: tuple[float, ...] = (0.25, 0.5, 1.0)
+    # More student seeds trained at both ends of the curve (size 0 and the largest), with
+    # everything else equal, so that the noise between two trainings shows next to the
+    # differences between sizes. Run names get "-seed<N>".
+    end_seeds: tuple[int, ...] = ()
+    # Also train the largest size with ``student.term_matching`` flipped (run name suffix
+    # "-terms" or "-noterms"), so both settings are evaluated at one schedule.
+    term_matching_ablation: bool = False
 
     @field_validator("augment_multiples")
     @classmethod
@@ -142,6 +173,40 @@ class CurveConfig(_Section):
         if any(v <= 0 for v in values):
             raise ValueError("augment_multiples must be > 0 (the human-only student is size 0)")
         return tuple(sorted(values))
+
+
+class SmallConfig(_Section):
+    """Smaller students: chosen encoder layers of a distilled L6 student, distilled again.
+
+    Each student starts from the source run's own weights (embeddings, the kept layers,
+    the head), trains on the same rows as the source (human pairs plus the same teacher-
+    labeled augmentation) with the same loss, then is exported like the default package
+    and its cost per pair measured next to the source's (ONNX, the served variant).
+    """
+
+    # One tuple of source layers per student, in order, e.g. [[1, 3, 5], [2, 5]] (empty:
+    # no small students). Run names: "<source>-l<k>" with the layer indices.
+    layers: tuple[tuple[int, ...], ...] = ()
+    # The source run ("auto": the curve's largest size at the base seed).
+    source: str = "auto"
+    # Weight of the source student's own scores in every target, pointwise and margin
+    # (a teacher assistant); 0: the teacher and human labels only.
+    assistant_weight: float = Field(0.0, ge=0, le=1)
+    # Export and timing: the variant timed, its threads and the number of validation pairs.
+    cost_variant: Literal["int8", "fp32", "fp16"] = "int8"
+    cost_threads: int = Field(2, gt=0)
+    cost_pairs: int = Field(512, gt=0)
+
+    @field_validator("layers")
+    @classmethod
+    def _distinct_and_ordered(cls, value: tuple[tuple[int, ...], ...]) -> tuple:
+        for layers in value:
+            if not layers or list(layers) != sorted(set(layers)) or min(layers) < 0:
+                raise ValueError(
+                    f"small.layers entry {list(layers)} must be distinct, increasing layer "
+                    "indices >= 0"
+                )
+        return value
 
 
 class CommitteeConfig(_Section):
@@ -233,6 +298,7 @@ class TrainConfig(_Section):
     student: StudentConfig = StudentConfig()
     loss: LossConfig = LossConfig()
     curve: CurveConfig = CurveConfig()
+    small: SmallConfig = SmallConfig()
     committee: CommitteeConfig = CommitteeConfig()
     representation: RepresentationConfig = RepresentationConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
@@ -257,9 +323,10 @@ class TrainConfig(_Section):
     def fingerprint(self, *sections: str, extra: Any = None) -> str:
         """Short hash of the named sections (all when none) plus ``extra``: a stage's identity."""
         data = self.to_dict()
-        for section, key in _NEUTRAL_WHEN_NONE:
-            # A knob added later, left at None, keeps the identity of runs made before it.
-            if data[section].get(key, ...) is None:
+        for (section, key), neutral in _NEUTRAL_VALUES.items():
+            # A knob added later, left at its old behaviour, keeps the identity of runs
+            # made before it.
+            if key in data[section] and data[section][key] == neutral:
                 del data[section][key]
         chosen = {name: data[name] for name in (sections or tuple(data))}
         blob = json.dumps([chosen, extra], sort_keys=True, default=str)

@@ -160,18 +160,27 @@ class MarginMSELoss(nn.Module):
 class HybridDistillationLoss(nn.Module):
     """Weighted sum of the pointwise and the margin loss.
 
-    .. math:: L = \\alpha \\cdot L_{\\text{pointwise}} + \\beta \\cdot L_{\\text{margin}}
+    .. math::
+
+        L = \\alpha \\cdot L_{\\text{pointwise}}(s, y)
+          + \\beta \\cdot L_{\\text{margin}}(s, m, g)
 
     The pointwise term anchors the absolute score (needed for the relevance classes
     and thresholds); the margin term teaches the within-query order the teacher sees,
-    including fine differences the pointwise MSE treats as noise.
-    ``pointwise_weight`` is ``alpha``, ``margin_weight`` is ``beta``. Both terms work on
-    sigmoid scores, the scale of the targets. Inputs as :class:`MarginMSELoss`.
+    including fine differences the pointwise MSE treats as noise (the hybrid pointwise
+    plus margin recipe). ``pointwise_weight`` is ``alpha``, ``margin_weight`` is ``beta``.
+    Both terms work on sigmoid scores, the scale of the targets.
+
+    The two terms may take different targets: ``targets`` ``y`` for the pointwise term
+    and ``margin_targets`` ``m`` (default: ``y``) for the margins, e.g. human grades (or a
+    grade/teacher blend) as the absolute anchor and the teacher's scores as the one scale
+    every margin of a query is taken on. Inputs otherwise as :class:`MarginMSELoss`.
 
     Example::
 
         loss_fn = HybridDistillationLoss(pointwise_weight=1.0, margin_weight=1.0)
         loss = loss_fn(logits, targets, groups)
+        loss = loss_fn(logits, blended, groups, margin_targets=teacher_scores)
     """
 
     def __init__(
@@ -190,21 +199,30 @@ class HybridDistillationLoss(nn.Module):
         self.margin = MarginMSELoss("sigmoid")
 
     def terms(
-        self, logits: torch.Tensor, targets: torch.Tensor, groups: torch.Tensor
+        self,
+        logits: torch.Tensor,
+        targets: torch.Tensor,
+        groups: torch.Tensor,
+        margin_targets: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
         """The two unweighted terms, for logging."""
+        margin_targets = targets if margin_targets is None else margin_targets
         return {
             "pointwise": self.pointwise(logits, targets),
-            "margin": self.margin(logits, targets, groups),
+            "margin": self.margin(logits, margin_targets, groups),
         }
 
     def combine(self, terms: dict[str, torch.Tensor]) -> torch.Tensor:
         return self.pointwise_weight * terms["pointwise"] + self.margin_weight * terms["margin"]
 
     def forward(
-        self, logits: torch.Tensor, targets: torch.Tensor, groups: torch.Tensor
+        self,
+        logits: torch.Tensor,
+        targets: torch.Tensor,
+        groups: torch.Tensor,
+        margin_targets: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        return self.combine(self.terms(logits, targets, groups))
+        return self.combine(self.terms(logits, targets, groups, margin_targets))
 
     def get_config_dict(self) -> dict[str, float]:
         return {"pointwise_weight": self.pointwise_weight, "margin_weight": self.margin_weight}

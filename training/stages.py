@@ -10,7 +10,9 @@ skips itself when that output exists and was made from the same inputs:
   against, then for the augmentation set up to the largest curve size, appended to
   ``labels/<teacher_id>/...csv`` (resumes where it stopped).
 - ``distill``: one student per augmentation size (0 = human labels only) under
-  ``runs/students/<name>/``.
+  ``runs/students/<name>/``, plus the curve's seed and term-matching variants.
+- ``small``: students of a few of the distilled L6 student's own layers, distilled again,
+  exported and timed next to it (:mod:`training.small`).
 - ``committee``: optional second round: the averaged scores of chosen first-round
   students label a larger augmentation set (``labels/committee-<id>/...csv``) and a fresh
   student ``committee-n<N>`` is distilled from them.
@@ -18,13 +20,14 @@ skips itself when that output exists and was made from the same inputs:
   :mod:`training.representation`) on the human pairs plus the labels
   ``representation.labels`` names, ``runs/students/<architecture>-n<N>/``.
 
-``distill``, ``committee`` and ``represent`` share one step, :func:`fit_run`: fingerprint ->
-skip when current -> record -> train -> save. ``evaluate`` is :mod:`training.evaluation.stage`,
-``export`` :mod:`training.onnx_export.stage`.
+``distill``, ``small``, ``committee`` and ``represent`` share one step, :func:`fit_run`:
+fingerprint -> skip when current -> record -> train -> save. ``evaluate`` is
+:mod:`training.evaluation.stage`, ``export`` :mod:`training.onnx_export.stage`.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import shutil
@@ -32,7 +35,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -49,7 +52,6 @@ from training.artifacts import (
     load_augmentation,
     load_dataset,
     read_run,
-    run_name,
     split_labels_path,
     split_sample,
     student_fingerprint,
@@ -60,6 +62,9 @@ from training.artifacts import (
 )
 from training.config import CONFIG_FILE_NAME, TrainConfig
 from training.label import label_pairs
+
+if TYPE_CHECKING:
+    from training.recipe import CurveRun
 
 logger = logging.getLogger(__name__)
 
@@ -229,14 +234,16 @@ def fit_run(
     prepare: Callable[[], tuple[pd.DataFrame | None, dict[str, Any]]],
     force: bool = False,
     train: Callable[..., dict[str, Any]] | None = None,
+    frame: Callable[[pd.DataFrame | None], pd.DataFrame] | None = None,
 ) -> Path:
     """Train the student run ``name`` unless a finished run with ``fingerprint`` is there.
 
     ``prepare()`` (called only when the run is trained) returns the labeled augmentation
     pairs to add to the human training pairs (``teacher_score``; None for none) and the
-    record fields that describe them. ``train`` fits and saves the run, with the
-    signature of :func:`training.distill.train_student` (the default). Returns the run
-    directory.
+    record fields that describe them. ``frame(labeled)`` turns those into the training
+    rows (default: :func:`training.distill.training_frame` of the human pairs and them).
+    ``train`` fits and saves the run, with the signature of
+    :func:`training.distill.train_student` (the default). Returns the run directory.
     """
     out_dir = students_dir(config) / name
     previous = read_run(out_dir)
@@ -254,8 +261,8 @@ def fit_run(
         "data": dataset.describe(config),
         "config": config.to_dict(),
     }
-    frame = training_frame(dataset.splits["train"], labeled)
-    train(frame, dataset.splits["validation"], config.student, config.loss, out_dir, record)
+    rows = training_frame(dataset.splits["train"], labeled) if frame is None else frame(labeled)
+    train(rows, dataset.splits["validation"], config.student, config.loss, out_dir, record)
     config.save(out_dir / CONFIG_FILE_NAME)
     return out_dir
 
@@ -263,9 +270,15 @@ def fit_run(
 def stage_distill(
     config: TrainConfig, sizes: Sequence[int] | None = None, force: bool = False
 ) -> list[Path]:
-    """Train one student per augmentation size (0 = human only); finished runs are kept."""
+    """Train one student per augmentation size (0 = human only); finished runs are kept.
+
+    Without ``sizes``: the whole curve with its seed and term-matching variants
+    (:func:`training.recipe.curve_runs`).
+    """
+    from training.distill import train_student
+    from training.recipe import curve_runs, distill_frame, run_fields
+
     dataset = load_dataset(config)
-    sizes = [0, *curve_sizes(config, dataset)] if sizes is None else list(sizes)
 
     def prepare(size: int) -> tuple[pd.DataFrame | None, dict[str, Any]]:
         if not size:
@@ -279,17 +292,31 @@ def stage_distill(
             "augment_sources": pairs["source"].value_counts().to_dict(),
         }
 
+    def prepare_run(run: CurveRun) -> tuple[pd.DataFrame | None, dict[str, Any]]:
+        pairs, fields = prepare(run.augment_pairs)
+        return pairs, {**fields, **run_fields(run)}
+
     return [
         fit_run(
-            config,
+            run.config,
             dataset,
-            run_name(size),
-            student_fingerprint(config, dataset, size),
-            lambda size=size: prepare(size),
+            run.name,
+            student_fingerprint(run.config, dataset, run.augment_pairs),
+            lambda run=run: prepare_run(run),
             force,
+            # Every seed is selected on the same validation queries (the config's seed's).
+            train=functools.partial(train_student, selection_seed=config.student.seed),
+            frame=lambda labeled, run=run: distill_frame(run.config, dataset, labeled),
         )
-        for size in sizes
+        for run in curve_runs(config, dataset, sizes)
     ]
+
+
+def stage_small(config: TrainConfig, force: bool = False) -> list[Path]:
+    """Smaller students from the L6 run's own layers, exported and timed (:mod:`training.small`)."""
+    from training.small import stage_small as train_small
+
+    return train_small(config, force=force)
 
 
 def stage_committee(config: TrainConfig, force: bool = False) -> Path:
@@ -409,5 +436,6 @@ def stage_all(config: TrainConfig, force: bool = False, command: str | None = No
         return None
     stage_label(config)
     stage_distill(config, force=force)
+    stage_small(config, force=force)
     stage_evaluate(config, command=command)
     return stage_export(config, force=force)

@@ -79,3 +79,39 @@ def test_config_is_immutable() -> None:
     config = TrainConfig()
     with pytest.raises(ValidationError):
         config.student = config.student  # type: ignore[misc]
+
+
+def test_loss_target_knobs_at_their_old_behaviour_keep_old_fingerprints() -> None:
+    base = load_config(environ={})
+    neutral = load_config(
+        overrides={"loss": {"human_teacher_weight": 0.0, "margin_scale": "per_source"}},
+        environ={},
+    )
+    assert base.fingerprint("loss") == neutral.fingerprint("loss")
+    for loss in ({"human_teacher_weight": 1.0}, {"margin_scale": "teacher"}):
+        changed = load_config(overrides={"loss": loss}, environ={})
+        assert changed.fingerprint("loss") != base.fingerprint("loss")
+    with pytest.raises(ValidationError):
+        load_config(overrides={"loss": {"human_teacher_weight": 1.5}}, environ={})
+    with pytest.raises(ValidationError):
+        load_config(overrides={"loss": {"margin_scale": "logits"}}, environ={})
+
+
+@pytest.mark.parametrize("layers", [[[3, 1]], [[]], [[1, 1]], [[-1, 2]]])
+def test_small_student_layers_must_be_distinct_and_increasing(layers: list) -> None:
+    with pytest.raises(ValidationError, match=r"small\.layers"):
+        load_config(overrides={"small": {"layers": layers}}, environ={})
+
+
+def test_full_teacher_recipe_distils_on_the_teachers_scale() -> None:
+    from training.config import REPO_ROOT
+
+    config = load_config(REPO_ROOT / "training/configs/cpu-full-teacher.toml", environ={})
+    assert config.loss.human_teacher_weight == 1.0 and config.loss.margin_scale == "teacher"
+    assert "train" in config.label.splits and not config.label.eval_queries
+    assert config.curve.end_seeds and config.curve.term_matching_ablation
+    assert config.small.layers and all(len(layers) <= 3 for layers in config.small.layers)
+    # The committed default package's recipe keeps the old targets.
+    session = load_config(REPO_ROOT / "training/configs/cpu-session.toml", environ={})
+    assert session.loss == load_config(environ={}).loss
+    assert session.loss.human_teacher_weight == 0.0 and session.loss.margin_scale == "per_source"

@@ -5,12 +5,19 @@ from __future__ import annotations
 import itertools
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
 from training.artifacts import read_run
 from training.config import LossConfig, StudentConfig
-from training.distill import _lr_scale, selection_subset, train_student, training_frame
+from training.distill import (
+    _lr_scale,
+    selection_subset,
+    train_student,
+    training_frame,
+    with_assistant,
+)
 
 
 def _human() -> pd.DataFrame:
@@ -49,6 +56,71 @@ def test_training_frame_targets_and_groups() -> None:
     assert len(training_frame(_human())) == 5
 
 
+# The teacher's scores of _human()'s five pairs.
+HUMAN_TEACHER = np.array([0.9, 0.6, 0.2, 0.8, 0.7])
+
+
+def test_human_pairs_take_the_teachers_scores_or_a_blend() -> None:
+    grades = np.array([1.0, 0.5, 0.0, 1.0, 0.665])
+    teacher = training_frame(
+        _human(), _teacher(), HUMAN_TEACHER, LossConfig(human_teacher_weight=1.0)
+    )
+    human = teacher[teacher["source"] == "human"]
+    assert list(human["target"]) == pytest.approx(list(HUMAN_TEACHER))
+    blend = training_frame(
+        _human(), _teacher(), HUMAN_TEACHER, LossConfig(human_teacher_weight=0.25)
+    )
+    human = blend[blend["source"] == "human"]
+    assert list(human["target"]) == pytest.approx(list(0.75 * grades + 0.25 * HUMAN_TEACHER))
+    # Margins stay per source (on the blended targets) unless the teacher's scale is asked.
+    assert list(human["margin_target"]) == list(human["target"])
+    angle = blend[blend["query_key"] == "angle bracket"]
+    assert angle["group"].nunique() == 2
+    assert list(blend[blend["source"] == "teacher"]["target"]) == [0.7, 0.4, 0.9]
+
+
+def test_margins_on_the_teachers_scale_span_human_and_augmentation_pairs() -> None:
+    frame = training_frame(_human(), _teacher(), HUMAN_TEACHER, LossConfig(margin_scale="teacher"))
+    human = frame[frame["source"] == "human"]
+    # Pointwise stays on the grades (weight 0); every margin is the teacher's.
+    assert list(human["target"]) == pytest.approx([1.0, 0.5, 0.0, 1.0, 0.665])
+    assert list(human["margin_target"]) == pytest.approx(list(HUMAN_TEACHER))
+    assert list(frame[frame["source"] == "teacher"]["margin_target"]) == [0.7, 0.4, 0.9]
+    # One group per query: the three human and two augmentation "angle bracket" items.
+    angle = frame[frame["query_key"] == "angle bracket"]
+    assert len(angle) == 5 and angle["group"].nunique() == 1
+    assert frame["group"].nunique() == 3
+
+
+def test_teacher_targets_need_the_teachers_scores_of_every_human_pair() -> None:
+    with pytest.raises(ValueError, match="teacher's scores of the human"):
+        training_frame(_human(), _teacher(), None, LossConfig(margin_scale="teacher"))
+    with pytest.raises(ValueError, match="each of the 5"):
+        training_frame(
+            _human(),
+            None,
+            np.array([0.1, np.nan, 0.3, 0.4, 0.5]),
+            LossConfig(human_teacher_weight=1),
+        )
+    # The default loss needs none and ignores any given.
+    assert list(training_frame(_human(), None, HUMAN_TEACHER)["target"]) == pytest.approx(
+        [1.0, 0.5, 0.0, 1.0, 0.665]
+    )
+
+
+def test_assistant_scores_blend_into_both_targets() -> None:
+    frame = training_frame(_human(), _teacher(), HUMAN_TEACHER, LossConfig(margin_scale="teacher"))
+    assistant = np.linspace(0.1, 0.8, len(frame))
+    blended = with_assistant(frame, assistant, 0.5)
+    assert list(blended["target"]) == pytest.approx(list(0.5 * frame["target"] + 0.5 * assistant))
+    assert list(blended["margin_target"]) == pytest.approx(
+        list(0.5 * frame["margin_target"] + 0.5 * assistant)
+    )
+    assert list(blended["group"]) == list(frame["group"])
+    with pytest.raises(ValueError, match="one assistant score"):
+        with_assistant(frame, assistant[:-1], 0.5)
+
+
 def test_training_frame_rejects_out_of_range_targets() -> None:
     bad = _teacher().assign(teacher_score=[1.5, 0.1, 0.2])
     with pytest.raises(ValueError, match=r"\[0, 1\]"):
@@ -83,3 +155,32 @@ def test_train_student_saves_a_finished_run(tiny_student_dir: Path, tmp_path: Pa
     assert 0.0 <= record["validation_pairwise_accuracy"] <= 1.0
     assert record["history"][-1]["step"] == record["steps"]
     assert not (tmp_path / "run.tmp").exists()
+
+
+def test_train_student_takes_margins_of_the_margin_targets(
+    tiny_student_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import training.distill
+    from training.losses import HybridDistillationLoss
+
+    seen: list[tuple[list[float], list[float]]] = []
+
+    class Spy(HybridDistillationLoss):
+        def terms(self, logits, targets, groups, margin_targets=None):
+            seen.append((targets.tolist(), margin_targets.tolist()))
+            return super().terms(logits, targets, groups, margin_targets)
+
+    monkeypatch.setattr(training.distill, "HybridDistillationLoss", Spy)
+    frame = training_frame(_human(), _teacher(), HUMAN_TEACHER, LossConfig(margin_scale="teacher"))
+    student = StudentConfig(
+        backbone=str(tiny_student_dir), batch_size=4, items_per_query=3, epochs=1.0,
+        eval_every_steps=100, validation_queries=None, threads=1,
+    )  # fmt: skip
+    train_student(frame, _human(), student, LossConfig(), tmp_path / "run")
+    # One epoch visits each row once: the margin targets fed are the frame's, not the
+    # pointwise ones (which differ on the human rows).
+    pointwise = sorted(t for batch, _ in seen for t in batch)
+    margins = sorted(m for _, batch in seen for m in batch)
+    assert margins == pytest.approx(sorted(frame["margin_target"]))
+    assert pointwise == pytest.approx(sorted(frame["target"]))
+    assert margins != pytest.approx(pointwise)

@@ -101,3 +101,18 @@ def test_margin_rejects_mismatched_shapes() -> None:
 def test_unknown_activation_is_rejected() -> None:
     with pytest.raises(ValueError, match="activation"):
         PointwiseMSELoss("tanh")
+
+
+def test_hybrid_takes_margins_of_their_own_targets() -> None:
+    # Pointwise on TARGETS (0.09375); margins on other targets: group 0 pairs (0,1), (0,2),
+    # (1,2) with target margins 0, 0, 0 and student margins -0.25, 0.25, 0.5.
+    margin_targets = torch.tensor([0.3, 0.3, 0.3, 0.9])
+    loss = HybridDistillationLoss(pointwise_weight=1.0, margin_weight=1.0)
+    terms = loss.terms(LOGITS, TARGETS, GROUPS, margin_targets)
+    assert terms["pointwise"].item() == pytest.approx(0.09375)
+    assert terms["margin"].item() == pytest.approx((0.0625 + 0.0625 + 0.25) / 3)
+    assert loss(LOGITS, TARGETS, GROUPS, margin_targets).item() == pytest.approx(
+        0.09375 + 0.375 / 3
+    )
+    # Without margin targets the pointwise targets are used for both, as before.
+    assert loss(LOGITS, TARGETS, GROUPS).item() == pytest.approx(0.09375 + 0.375)

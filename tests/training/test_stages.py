@@ -13,8 +13,10 @@ from training.artifacts import (
     augmentation_labels_path,
     curve_sizes,
     load_augmentation,
+    load_dataset,
     read_run,
     split_labels_path,
+    students_dir,
     teacher_labeled_augmentation,
 )
 from training.label import read_labels
@@ -114,3 +116,77 @@ def test_distill_stage_trains_one_student_per_size_and_then_skips(
     assert (out_dirs[1] / "run.json").stat().st_mtime_ns == stamp
     # A size with too few labels is named with the fix, through the CLI too.
     assert main(["distill", "--config", str(config_file), "--size", str(10**6)]) == 2
+
+
+def test_distilled_students_learn_the_teachers_scores_of_the_human_pairs(
+    pipeline_copy, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import training.distill
+
+    label = pipeline_copy.label.model_copy(update={"eval_queries": 0, "splits": ("test", "train")})
+    loss = pipeline_copy.loss.model_copy(
+        update={"human_teacher_weight": 1.0, "margin_scale": "teacher"}
+    )
+    config = pipeline_copy.model_copy(update={"label": label, "loss": loss})
+    dataset = load_dataset(config)
+    (size,) = curve_sizes(config, dataset)
+    with pytest.raises(PipelineError, match="lacks teacher scores"):
+        stage_distill(config, sizes=[size])
+    counts = stage_label(config, splits=["train"])
+    assert counts["train"] == len(dataset.splits["train"])
+    frames = []
+    real_train = training.distill.train_student
+
+    def spy(frame, *args, **kwargs):
+        frames.append(frame)
+        return real_train(frame, *args, **kwargs)
+
+    monkeypatch.setattr(training.distill, "train_student", spy)
+    human_only = students_dir(config) / "human-only"
+    stamp = (human_only / "run.json").stat().st_mtime_ns
+    stage_distill(config, sizes=[0, size])
+    # The human-only baseline is current (it never learns from the teacher): not retrained.
+    assert (human_only / "run.json").stat().st_mtime_ns == stamp
+    (frame,) = frames
+    labels = read_labels(split_labels_path(config, dataset, "train")).set_index(
+        ["query_key", "product_id"]
+    )["teacher_score"]
+    human = frame[frame["source"] == "human"]
+    expected = labels.loc[list(zip(human["query_key"], human["product_id"], strict=True))]
+    assert len(human) == len(dataset.splits["train"])
+    assert human["target"].tolist() == pytest.approx(expected.tolist())
+    assert human["margin_target"].tolist() == pytest.approx(expected.tolist())
+    grades = (dataset.splits["train"]["grade"] - 1) / 2
+    assert human["target"].tolist() != pytest.approx(grades.tolist())
+    # One margin group per query, human and augmentation items together.
+    assert (frame.groupby("query_key")["group"].nunique() == 1).all()
+    record = read_run(students_dir(config) / f"distill-n{size}")
+    assert record["targets"] == {"human_teacher_weight": 1.0, "margin_scale": "teacher"}
+
+
+def test_distill_trains_a_second_seed_at_both_ends(pipeline_copy) -> None:
+    from safetensors.torch import load_file
+
+    curve = pipeline_copy.curve.model_copy(update={"end_seeds": (5,)})
+    config = pipeline_copy.model_copy(update={"curve": curve})
+    (size,) = curve_sizes(config, load_dataset(config))
+    out = stage_distill(config)
+    assert [d.name for d in out] == [
+        "human-only",
+        f"distill-n{size}",
+        "human-only-seed5",
+        f"distill-n{size}-seed5",
+    ]
+    for base_dir, seeded_dir in ((out[0], out[2]), (out[1], out[3])):
+        base, seeded = read_run(base_dir), read_run(seeded_dir)
+        assert base["seed"] == config.student.seed != 5
+        assert seeded["seed"] == 5 and seeded["config"]["student"]["seed"] == 5
+        assert seeded["variant_of"] == base["name"]
+        # Same rows and the same validation queries; only the seed differs, and so do the
+        # trained weights.
+        assert seeded["train_pairs_by_source"] == base["train_pairs_by_source"]
+        assert seeded["validation_selection"] == base["validation_selection"]
+        assert seeded["fingerprint"] != base["fingerprint"]
+        a = load_file(base_dir / "model.safetensors")
+        b = load_file(seeded_dir / "model.safetensors")
+        assert not all(a[k].equal(b[k]) for k in a)

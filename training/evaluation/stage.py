@@ -27,6 +27,7 @@ from training.config import EvaluateConfig, TrainConfig
 from training.evaluation.metrics import LongTailSlices, ranking_metrics, slice_metrics
 from training.evaluation.report import SystemResult, findings, plot_curve, render_markdown
 from training.evaluation.systems import Scored, score_systems, teacher_row, teacher_scores_for
+from training.recipe import recipe_results
 
 logger = logging.getLogger(__name__)
 
@@ -71,6 +72,9 @@ def stage_evaluate(
         "teacher_subset": subset,
         "config": config.to_dict(),
     }
+    # Per run, size and seed (the curve's two seeds, the term-matching pair, the smaller
+    # students' sources and measured ONNX costs): training.recipe.student_run_results.
+    results["student_runs"] = recipe_results(config, results["systems"])
     results["findings"] = findings(results)
     _write(config, results)
     return results

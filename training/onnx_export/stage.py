@@ -121,8 +121,13 @@ def choose_student(config: TrainConfig, name: str | None = None) -> str:
     if name != "auto":
         return name
     # A representation student is exported only by name: the default package is the
-    # cross-encoder the service loads.
-    records = [r for r in finished_runs(config) if not r.get("architecture")]
+    # cross-encoder the service loads. A term-matching student needs marks the serving
+    # path does not compute, so it is never chosen either.
+    records = [
+        r
+        for r in finished_runs(config)
+        if not r.get("architecture") and not r["config"]["student"].get("term_matching")
+    ]
     if not records:
         raise PipelineError(
             f"no trained student under {students_dir(config)}; run `python -m training distill`"
@@ -142,8 +147,6 @@ def _backbone_name(config: TrainConfig) -> str:
 
 def stage_export(config: TrainConfig, student: str | None = None, force: bool = False) -> Path:
     """Export the chosen student to the default model package, with provenance and evaluation."""
-    from service.model_package import ModelPackageError, load_package
-
     name = choose_student(config, student)
     run_dir = students_dir(config) / name
     record = read_run(run_dir)
@@ -151,12 +154,30 @@ def stage_export(config: TrainConfig, student: str | None = None, force: bool = 
         raise PipelineError(f"student {run_dir} is not trained; run `python -m training distill`")
     if record.get("architecture"):
         return export_representation_run(config, name, record, force=force)
+    return export_student(
+        config, name, config.default_package_dir, config.paths.default_package, force=force
+    )
+
+
+def export_student(
+    config: TrainConfig, name: str, package_dir: Path, package_name: str, force: bool = False
+) -> Path:
+    """Export the cross-encoder run ``name`` to ``package_dir`` (skipped when it holds it).
+
+    The default package and the small stage's packages (``runs/packages/<run>``) are built
+    here alike: the same graphs, variants, calibration and checks.
+    """
+    from service.model_package import ModelPackageError, load_package
+
+    run_dir = students_dir(config) / name
+    record = read_run(run_dir)
+    if record is None:
+        raise PipelineError(f"student {run_dir} is not trained; run `python -m training distill`")
     if record["config"]["student"].get("term_matching"):
         raise PipelineError(
             f"{name} was trained with term matching, which the serving path does not compute; "
             "export a student trained without it"
         )
-    package_dir = config.default_package_dir
     try:
         current = load_package(package_dir).manifest.provenance.get("student", {})
     except ModelPackageError:
@@ -165,16 +186,19 @@ def stage_export(config: TrainConfig, student: str | None = None, force: bool = 
         logger.info("package %s already holds %s; skipping", package_dir, name)
         return package_dir
     dataset = load_dataset(config)
+    backbone = _backbone_name(config)
+    if record.get("layers"):
+        backbone += f"; encoder layers {record['layers']} of the run {record.get('source_run')}"
     return run_export(
         run_dir,
         package_dir,
         validation_pairs_from_frame(dataset.splits["validation"]),
         _evaluation(config, name),
         _provenance(config, name, record),
-        name=config.paths.default_package,
+        name=package_name,
         version=config.export.version,
         max_length=config.student.max_length,
-        backbone=_backbone_name(config),
+        backbone=backbone,
         variants=config.export.variants,
         calibration_pairs=calibration_pairs_from_frame(dataset.splits["train"]),
     )
