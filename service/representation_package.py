@@ -29,9 +29,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from service.model_package import (
     MANIFEST_NAME,
+    ModelPackage,
     ModelPackageError,
     ScoreSpec,
     _resolve,
+    load_package,
     verify_files,
 )
 
@@ -221,3 +223,10 @@ def load_representation_package(path: str | Path) -> RepresentationPackage:
     if not package.available_variants():
         raise ModelPackageError(f"{root}: no variant has both its graphs on disk")
     return package
+
+
+def load_any_package(path: str | Path) -> ModelPackage | RepresentationPackage:
+    """Load and verify a package of either kind (what its manifest's ``kind`` says)."""
+    if package_kind(path) == REPRESENTATION:
+        return load_representation_package(path)
+    return load_package(path)
