@@ -1,8 +1,12 @@
 """Command line: ``python -m training STAGE [--config FILE] [options]``.
 
 Stages: ``teacher``, ``label``, ``distill``, ``small``, ``committee``, ``represent``, ``evaluate``,
-``export``, ``all`` and
-``ensure-default`` (what ``make serve`` runs: nothing when the default package verifies).
+``export``, ``all``,
+``ensure-default`` (what ``make serve`` runs: nothing when the default package verifies),
+and the closed loop (docs/closed_loop.md): ``ingest-mirror`` (the shadow's mirrored
+JSONL -> teacher labels the next ``distill`` uses), ``gate`` (exit status 0 when the
+candidate package may replace the current one, 1 when not) and ``promote`` (a gated
+package to a running service: canary, then hot swap).
 Each stage skips work whose output is current; ``--force`` redoes it.
 
 Examples::
@@ -17,6 +21,11 @@ Examples::
         --set representation.dim=128                     # the cacheable student
     python -m training evaluate                          # docs/evaluation.md + plot
     python -m training all --set student.epochs=0.5      # any config value, dotted
+    python -m training ingest-mirror runs/mirror/pairs.jsonl
+    python -m training gate --candidate models/minilm-homedepot-candidate \
+        --current models/minilm-homedepot
+    python -m training promote --package models/minilm-homedepot-1.3.0 \
+        --url http://127.0.0.1:8000 --token-file token.txt --step canary   # then --step swap
 """
 
 from __future__ import annotations
@@ -37,6 +46,7 @@ from training.stages import (
     stage_all,
     stage_committee,
     stage_distill,
+    stage_ingest_mirror,
     stage_label,
     stage_represent,
     stage_small,
@@ -54,6 +64,9 @@ STAGES = (
     "export",
     "all",
     "ensure-default",
+    "ingest-mirror",
+    "gate",
+    "promote",
 )
 
 
@@ -81,6 +94,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m training", description=__doc__.split("\n\n")[0]
     )
     parser.add_argument("stage", choices=STAGES)
+    parser.add_argument(
+        "files", nargs="*", type=Path, help="ingest-mirror: mirrored JSONL files of the shadow"
+    )
     parser.add_argument("--config", type=Path, help="JSON or TOML file with TrainConfig values")
     parser.add_argument(
         "--data", help="labeled data CSV (overrides paths.data and RELEVANCE_TRAIN_DATA)"
@@ -113,11 +129,53 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--student", help="export: run name to export (default: config export.student)"
     )
+    parser.add_argument("--candidate", type=Path, help="gate: the new package directory")
+    parser.add_argument("--current", type=Path, help="gate: the package serving now")
+    parser.add_argument(
+        "--mirror",
+        action="append",
+        help="gate: mirror label file(s) whose held-back pairs to use (default: those the "
+        "candidate trained beside, else all of the configured teacher); repeatable",
+    )
+    parser.add_argument("--package", type=Path, help="promote: the gated package directory")
+    parser.add_argument("--url", default="http://127.0.0.1:8000", help="promote: the service")
+    parser.add_argument("--token-file", type=Path, help="promote: file holding the admin token")
+    parser.add_argument("--token", help="promote: the admin token (prefer --token-file)")
+    parser.add_argument(
+        "--model", default="minilm-homedepot", help="promote: the serving name to roll out to"
+    )
+    parser.add_argument("--step", choices=("canary", "swap"), help="promote: which rollout step")
+    parser.add_argument("--canary-share", type=float, default=0.1, help="promote: canary share")
     parser.add_argument(
         "--force", action="store_true", help="redo a stage even if its output is current"
     )
     parser.add_argument("--log-level", default="INFO")
     return parser
+
+
+def _promote(args: argparse.Namespace) -> dict[str, Any]:
+    import asyncio
+
+    import httpx
+
+    from training.promote import admin_client, promote
+
+    if args.package is None or args.step is None:
+        raise PipelineError("promote needs --package DIR and --step canary|swap")
+    token = args.token_file.read_text().strip() if args.token_file else args.token
+    if not token:
+        raise PipelineError("promote needs the admin token (--token-file or --token)")
+
+    async def run() -> dict[str, Any]:
+        async with admin_client(args.url, token) as client:
+            return await promote(
+                client, args.package, args.model, args.step, canary_share=args.canary_share
+            )
+
+    try:
+        return asyncio.run(run())
+    except httpx.HTTPError as exc:  # no answer at all (an error answer is a PipelineError)
+        raise PipelineError(f"cannot reach {args.url}: {exc}") from exc
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -151,6 +209,19 @@ def main(argv: list[str] | None = None) -> int:
             stage_export(config, student=args.student, force=args.force)
         elif args.stage == "all":
             stage_all(config, force=args.force, command=command)
+        elif args.stage == "ingest-mirror":
+            report = stage_ingest_mirror(config, args.files)
+            print(json.dumps(report, indent=2))
+        elif args.stage == "gate":
+            if args.candidate is None or args.current is None:
+                raise PipelineError("gate needs --candidate DIR and --current DIR")
+            from training.gate import run_gate
+
+            result = run_gate(config, args.candidate, args.current, args.mirror)
+            print(json.dumps({k: result[k] for k in ("verdict", "failed", "checks")}, indent=2))
+            return 0 if result["verdict"] == "pass" else 1
+        elif args.stage == "promote":
+            print(json.dumps(_promote(args), indent=2, default=str))
         else:
             ensure_default(config)
     except PipelineError as exc:

@@ -287,6 +287,41 @@ class RepresentationConfig(_Section):
     head_learning_rate: float = Field(1e-2, gt=0)
 
 
+class MirrorConfig(_Section):
+    """Mirrored live traffic (the shadow teacher's JSONL) as training pairs and a gate slice.
+
+    ``python -m training ingest-mirror`` writes ``labels/<teacher key>/mirror-<version>.csv.gz``;
+    see :mod:`training.mirror_ingest`.
+    """
+
+    # Distill adds the ingested pairs of the configured teacher to its training pairs when
+    # there are any (nothing is ingested: nothing changes, fingerprints included).
+    use: bool = True
+    # Share of mirrored queries (by a hash of the normalised query, so stable across
+    # ingests) held back from training: the promotion gate's slice of live traffic.
+    holdout: float = Field(0.2, ge=0, lt=1)
+    seed: int = 13
+
+
+class GateConfig(_Section):
+    """The promotion gate (``python -m training gate``, :mod:`training.gate`)."""
+
+    # The candidate must beat the current package by more than this on validation
+    # pairwise accuracy and on pairwise agreement with the teacher on held-back mirror pairs.
+    min_gain: float = Field(0.0, ge=0)
+    # Its measured cost per pair may exceed the current package's by at most this share.
+    cost_margin: float = Field(0.10, ge=0)
+    # Validation queries scored (None: the whole split).
+    validation_queries: int | None = Field(None, gt=0)
+    # Cost: this many validation pairs, in batches of batch_size, timed in alternating
+    # rounds on each package; the fastest round of each counts (the least disturbed by
+    # other work on a shared machine).
+    cost_pairs: int = Field(256, gt=0)
+    cost_rounds: int = Field(5, gt=0)
+    batch_size: int = Field(32, gt=0)
+    threads: int = Field(1, ge=0)
+
+
 class TrainConfig(_Section):
     """Everything a pipeline run depends on."""
 
@@ -303,6 +338,8 @@ class TrainConfig(_Section):
     representation: RepresentationConfig = RepresentationConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
     export: ExportConfig = ExportConfig()
+    mirror: MirrorConfig = MirrorConfig()
+    gate: GateConfig = GateConfig()
 
     def path(self, name: str) -> Path:
         """A ``paths`` entry as an absolute path (relative ones hang off the repository root)."""

@@ -52,6 +52,7 @@ from training.artifacts import (
     load_augmentation,
     load_dataset,
     read_run,
+    run_name,
     split_labels_path,
     split_sample,
     student_fingerprint,
@@ -276,21 +277,43 @@ def stage_distill(
     (:func:`training.recipe.curve_runs`).
     """
     from training.distill import train_student
+    from training.mirror_ingest import mirror_fingerprint, mirror_run_name, mirror_training_pairs
     from training.recipe import curve_runs, distill_frame, run_fields
 
     dataset = load_dataset(config)
+    # Ingested live traffic (python -m training ingest-mirror) joins every run's teacher
+    # pairs when mirror.use is on and the configured teacher has any.
+    mirror = mirror_training_pairs(config, dataset)
 
     def prepare(size: int) -> tuple[pd.DataFrame | None, dict[str, Any]]:
         if not size:
             fields = {"augment_pairs": 0, "teacher_id": None, "augment_version": None}
-            return None, {**fields, "augment_sources": {}}
-        pairs = teacher_labeled_augmentation(config, dataset, size)
+            pairs, fields = None, {**fields, "augment_sources": {}}
+        else:
+            pairs = teacher_labeled_augmentation(config, dataset, size)
+            fields = {
+                "augment_pairs": size,
+                "teacher_id": teacher_label_id(config),
+                "augment_version": augment_data_version(config, dataset),
+                "augment_sources": pairs["source"].value_counts().to_dict(),
+            }
+        if mirror is None:
+            return pairs, fields
+        live, provenance = mirror
+        pairs = live if pairs is None else pd.concat([pairs, live], ignore_index=True)
         return pairs, {
-            "augment_pairs": size,
-            "teacher_id": teacher_label_id(config),
-            "augment_version": augment_data_version(config, dataset),
-            "augment_sources": pairs["source"].value_counts().to_dict(),
+            **fields,
+            "teacher_id": provenance["teacher_id"],
+            "augment_sources": {**fields["augment_sources"], "mirror": len(live)},
+            "mirror": provenance,
         }
+
+    def name(size: int) -> str:
+        return run_name(size) if mirror is None else mirror_run_name(run_name(size), len(mirror[0]))
+
+    def fingerprint(run: CurveRun) -> str:
+        base = student_fingerprint(run.config, dataset, run.augment_pairs)
+        return base if mirror is None else mirror_fingerprint(base, mirror[1])
 
     def prepare_run(run: CurveRun) -> tuple[pd.DataFrame | None, dict[str, Any]]:
         pairs, fields = prepare(run.augment_pairs)
@@ -301,14 +324,14 @@ def stage_distill(
             run.config,
             dataset,
             run.name,
-            student_fingerprint(run.config, dataset, run.augment_pairs),
+            fingerprint(run),
             lambda run=run: prepare_run(run),
             force,
             # Every seed is selected on the same validation queries (the config's seed's).
             train=functools.partial(train_student, selection_seed=config.student.seed),
             frame=lambda labeled, run=run: distill_frame(run.config, dataset, labeled),
         )
-        for run in curve_runs(config, dataset, sizes)
+        for run in curve_runs(config, dataset, sizes, name=name)
     ]
 
 
@@ -317,6 +340,14 @@ def stage_small(config: TrainConfig, force: bool = False) -> list[Path]:
     from training.small import stage_small as train_small
 
     return train_small(config, force=force)
+
+
+def stage_ingest_mirror(config: TrainConfig, paths: Sequence[Path]) -> dict[str, Any]:
+    """Mirrored live pairs -> ``labels/<teacher>/mirror-<version>.csv.gz`` (see
+    :mod:`training.mirror_ingest`); returns the counts."""
+    from training.mirror_ingest import ingest_mirror
+
+    return ingest_mirror(config, paths)
 
 
 def stage_committee(config: TrainConfig, force: bool = False) -> Path:

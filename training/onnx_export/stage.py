@@ -264,6 +264,9 @@ def _provenance(config: TrainConfig, name: str, record: dict[str, Any]) -> dict[
             "fingerprint": record["fingerprint"],
             "augment_pairs": record["augment_pairs"],
             "augment_sources": record.get("augment_sources", {}),
+            # Ingested live traffic it trained on (files, pairs); the gate reads the
+            # held-back pairs of these files.
+            "mirror": record.get("mirror"),
             "best_step": record["best_step"],
             "steps": record["steps"],
             "validation_pairwise_accuracy": record["validation_pairwise_accuracy"],
