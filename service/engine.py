@@ -372,7 +372,9 @@ class ScoringEngine:
             query=query,
             texts=texts,
             logits=logits,
-            scores=activate(self.package.manifest.activation, logits),
+            scores=activate(
+                self.package.manifest.activation, logits, self.package.manifest.calibration
+            ),
             tokenize_s=tokenize_s,
             queue_s=queue_s,
             inference_s=inference_s,

@@ -121,6 +121,22 @@ class ScoreSpec(BaseModel):
         return name
 
 
+class ScoreCalibration(BaseModel):
+    """Platt scaling applied to the graph's logit before the activation (``scale > 0``).
+
+    Fit on validation (``training.score_calibration``) when the student's raw scores do
+    not mean what ``score.classes`` say (random catalogue items scored "partial"); being
+    strictly increasing, it changes no ranking. ``fit`` records how it was fit.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    method: Literal["platt"] = "platt"
+    scale: float = Field(gt=0)
+    bias: float
+    fit: dict[str, Any] = Field(default_factory=dict)
+
+
 class VariantSpec(BaseModel):
     """One ONNX graph of the model and where it should run."""
 
@@ -153,6 +169,9 @@ class Manifest(BaseModel):
     padding: Literal["longest"] = "longest"
     # relevance_core.activation.ACTIVATIONS; the service applies it to the graph's logits.
     activation: Literal["sigmoid", "identity"] = "sigmoid"
+    # Applied to the logit before the activation (relevance_core.activation.activate);
+    # None: the activation alone.
+    calibration: ScoreCalibration | None = None
     inputs: list[str] = Field(
         default_factory=lambda: ["input_ids", "attention_mask", "token_type_ids"]
     )

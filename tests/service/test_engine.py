@@ -154,6 +154,34 @@ def test_identity_activation_from_the_manifest_serves_logits(
     asyncio.run(main())
 
 
+def test_the_manifests_calibration_is_applied_before_the_activation(
+    tiny_model_package: Path, tmp_path: Path
+) -> None:
+    package_dir = tmp_path / "calibrated"
+    shutil.copytree(tiny_model_package, package_dir)
+    manifest_path = package_dir / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    manifest["calibration"] = {"method": "platt", "scale": 3.0, "bias": -2.0}
+    manifest_path.write_text(json.dumps(manifest))
+    engine, scorer, _ = build(package_dir)
+    scorer.gate.set()
+    texts = make_texts(6, seed=7)
+
+    async def main() -> None:
+        await engine.start()
+        result = await engine.score("drill", texts, deadline=time.monotonic() + 10)
+        await engine.stop()
+        expected = reference_logits(tiny_model_package, "drill", texts)
+        # logits stay the graph's; scores are sigmoid(3 * logit - 2), in the same order
+        np.testing.assert_allclose(result.logits, expected, atol=1e-5, rtol=0)
+        np.testing.assert_allclose(
+            result.scores, 1 / (1 + np.exp(-(3.0 * expected - 2.0))), atol=1e-5, rtol=0
+        )
+        assert (np.argsort(result.scores) == np.argsort(expected)).all()
+
+    asyncio.run(main())
+
+
 def test_refusals_name_positions_not_json_fields(tiny_model_package: Path) -> None:
     engine, scorer, _ = build(
         tiny_model_package, TextLimits(max_query_chars=100, max_text_chars=1500)
