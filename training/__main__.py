@@ -19,6 +19,7 @@ Examples::
     python -m training committee --set committee.members=human-only,distill-n26564
     python -m training represent --set representation.architecture=late-interaction \
         --set representation.dim=128                     # the cacheable student
+    python -m training ensemble                          # LLM + human-only + BM25 teacher
     python -m training evaluate                          # docs/evaluation.md + plot
     python -m training all --set student.epochs=0.5      # any config value, dotted
     python -m training ingest-mirror runs/mirror/pairs.jsonl
@@ -61,6 +62,7 @@ STAGES = (
     "committee",
     "represent",
     "evaluate",
+    "ensemble",
     "export",
     "all",
     "ensure-default",
@@ -205,6 +207,10 @@ def main(argv: list[str] | None = None) -> int:
             stage_represent(config, force=args.force)
         elif args.stage == "evaluate":
             stage_evaluate(config, teacher_labels=args.teacher_labels, command=command)
+        elif args.stage == "ensemble":
+            from training.ensemble_stage import stage_ensemble
+
+            print(stage_ensemble(config, force=args.force)["verdict"])
         elif args.stage == "export":
             stage_export(config, student=args.student, force=args.force)
         elif args.stage == "all":

@@ -13,6 +13,7 @@ from a stale one (redo):
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import shlex
@@ -109,6 +110,68 @@ def augmentation_labels_path(config: TrainConfig, dataset: Dataset) -> Path:
     )
 
 
+# The teacher ensemble's members (training/ensemble_stage.py), in the order they are fit.
+ENSEMBLE_MEMBERS = ("llm", "human-only", "bm25")
+ENSEMBLE_RECORD = "ensemble.json"
+
+
+def ensemble_id(config: TrainConfig, dataset: Dataset) -> str:
+    """``ensemble-<hash>`` of its members' identities (the LLM's labels, the human-only
+    student's fingerprint, BM25 over this data) and the weight grid."""
+    identity = [
+        list(ENSEMBLE_MEMBERS),
+        teacher_label_id(config),
+        student_fingerprint(config, dataset, 0),
+        dataset.sha256,
+        config.ensemble.step,
+    ]
+    return "ensemble-" + hashlib.sha256(json.dumps(identity).encode()).hexdigest()[:10]
+
+
+def ensemble_record_path(config: TrainConfig, dataset: Dataset) -> Path:
+    """``labels/<ensemble id>/ensemble.json``: weights, member table and the decision."""
+    return config.path("labels_dir") / ensemble_id(config, dataset) / ENSEMBLE_RECORD
+
+
+def ensemble_labels_path(config: TrainConfig, dataset: Dataset) -> Path:
+    """``labels/<ensemble id>/<data_version>.csv.gz``: the ensemble's augmentation labels."""
+    version = augment_data_version(config, dataset)
+    return config.path("labels_dir") / ensemble_id(config, dataset) / f"{version}.csv.gz"
+
+
+def read_ensemble_record(config: TrainConfig, dataset: Dataset) -> dict[str, Any] | None:
+    path = ensemble_record_path(config, dataset)
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+@dataclass(frozen=True)
+class LabelSource:
+    """Who labels the augmentation pairs students learn from, and where the labels are."""
+
+    kind: str  # "teacher" (the LLM) | "ensemble"
+    id: str
+    path: Path
+
+
+def augmentation_label_source(config: TrainConfig, dataset: Dataset) -> LabelSource:
+    """The LLM's labels, or the ensemble's (``ensemble.use``, and for "auto" its decision)."""
+    use = config.ensemble.use
+    if use != "llm":
+        record = read_ensemble_record(config, dataset)
+        if record is None:
+            raise PipelineError(
+                f"ensemble.use={use!r} needs the ensemble's decision "
+                f"{ensemble_record_path(config, dataset)}; run `python -m training ensemble` "
+                "first (after the label stage and the human-only student)"
+            )
+        if use == "ensemble" or record["decision"]["teacher"] == "ensemble":
+            return LabelSource(
+                "ensemble", ensemble_id(config, dataset), ensemble_labels_path(config, dataset)
+            )
+    llm = augmentation_labels_path(config, dataset)
+    return LabelSource("teacher", teacher_label_id(config), llm)
+
+
 def split_sample(config: TrainConfig, dataset: Dataset, split: str) -> pd.DataFrame:
     """The pairs of a held-out split that the teacher labels (a fixed sample of queries)."""
     frame = dataset.splits[split]
@@ -122,6 +185,33 @@ def split_labels_path(config: TrainConfig, dataset: Dataset, split: str) -> Path
     frame = dataset.splits[split]
     queries = config.label.eval_queries or int(frame["query_key"].nunique())
     version = split_version(dataset.sha256, split, queries)
+    return label_path(config.path("labels_dir"), teacher_label_id(config), version)
+
+
+def validation_negatives(config: TrainConfig, dataset: Dataset, seed: int | None = None):
+    """Random catalogue products never judged for their validation query (the negatives row).
+
+    ``evaluate.negatives_per_query`` per query, drawn with ``seed`` (default
+    ``evaluate.negatives_seed``; the score calibration fits on another seed's draw).
+    """
+    from training.evaluation.negatives import random_negative_pairs
+
+    settings = config.evaluate
+    return random_negative_pairs(
+        dataset.splits["validation"],
+        dataset.products,
+        settings.negatives_per_query,
+        settings.negatives_seed if seed is None else seed,
+    )
+
+
+def negatives_labels_path(config: TrainConfig, dataset: Dataset) -> Path:
+    """``labels/<teacher_id>/negatives-validation-<n>pq-s<seed>-<data sha>.csv``."""
+    settings = config.evaluate
+    version = (
+        f"negatives-validation-{settings.negatives_per_query}pq-s{settings.negatives_seed}-"
+        f"{dataset.sha256[:12]}"
+    )
     return label_path(config.path("labels_dir"), teacher_label_id(config), version)
 
 
@@ -174,8 +264,12 @@ def curve_sizes(config: TrainConfig, dataset: Dataset) -> list[int]:
 
 
 def labeled_augmentation(config: TrainConfig, dataset: Dataset) -> pd.DataFrame:
-    """The augmentation pairs that carry a cached teacher label, in set order."""
-    labels = read_labels(augmentation_labels_path(config, dataset))
+    """The augmentation pairs that carry a cached label of the label source, in set order."""
+    source = augmentation_label_source(config, dataset)
+    if source.kind == "ensemble":
+        labels = pd.read_csv(source.path, dtype={"query_key": str, "product_id": str})
+    else:
+        labels = read_labels(source.path)
     return with_scores(load_augmentation(config, dataset), labels)
 
 
@@ -216,10 +310,11 @@ def teacher_labeled_augmentation(config: TrainConfig, dataset: Dataset, size: in
     """The first ``size`` teacher-labeled pairs of the augmentation set, in set order."""
     merged = labeled_augmentation(config, dataset)
     if len(merged) < size:
-        path = augmentation_labels_path(config, dataset)
+        source = augmentation_label_source(config, dataset)
+        then = " and `python -m training ensemble`" if source.kind == "ensemble" else ""
         raise PipelineError(
-            f"{path} holds {len(merged)} labels of the augmentation set, {size} are needed; "
-            f"run `python -m training label --limit {size}` first"
+            f"{source.path} holds {len(merged)} labels of the augmentation set, {size} are "
+            f"needed; run `python -m training label --limit {size}`{then} first"
         )
     return merged.head(size).reset_index(drop=True)
 
@@ -272,8 +367,10 @@ def student_fingerprint(config: TrainConfig, dataset: Dataset, size: int) -> str
     if not size:
         config = human_only_config(config)
     if size:
+        # The LLM's id when it labels the augmentation (as before the ensemble existed).
         extra.update(
-            teacher=teacher_label_id(config), augment=augment_data_version(config, dataset)
+            teacher=augmentation_label_source(config, dataset).id,
+            augment=augment_data_version(config, dataset),
         )
     return config.fingerprint("split", "student", "loss", extra=extra)
 

@@ -58,6 +58,9 @@ class PathsConfig(_Section):
     teacher_checkpoints: str = "checkpoints/teacher"
     teacher_package: str = "teacher-qwen05b-lora"
     default_package: str = "minilm-homedepot"
+    # Under models_dir: the frontier's choice of default student and how to retrain it
+    # (written by the frontier, committed): what ensure-default rebuilds.
+    default_choice: str = "default-choice.json"
 
 
 class SplitConfig(_Section):
@@ -244,14 +247,25 @@ class EvaluateConfig(_Section):
     # ``rare_term_max_count`` training queries.
     long_query_words: int = Field(5, gt=0)
     rare_term_max_count: int = Field(0, ge=0)
+    # Random negatives (training/evaluation/negatives.py): this many never-judged catalogue
+    # products per validation query, scored by every calibrated system; the share below
+    # the irrelevant threshold should reach ``negatives_target`` (0: no negatives row).
+    negatives_per_query: int = Field(2, ge=0)
+    negatives_seed: int = 13
+    negatives_target: float = Field(0.9, gt=0, le=1)
 
 
 class ExportConfig(_Section):
     """Which student becomes the default package, and how it is named."""
 
-    # "auto": the student with the best validation pairwise accuracy; else a run name
-    # such as "human-only" or "distill-n26564".
+    # "auto": the student with the best validation pairwise accuracy; "frontier": the
+    # frontier's choice (paths.default_choice, see FrontierConfig); else a run name such
+    # as "human-only" or "distill-n26564".
     student: str = "auto"
+    # Score calibration in the manifest (training/score_calibration.py): "auto" fits it
+    # on validation when fewer than evaluate.negatives_target of the validation random
+    # negatives score irrelevant; "always"; "never" (the scores are the sigmoid's).
+    calibration: Literal["auto", "always", "never"] = "never"
     version: str = "1.0.0"
     variants: tuple[str, ...] = ("fp32", "fp16", "int8")
     # Where an exported representation student goes (models_dir/<this>, or an absolute
@@ -322,6 +336,56 @@ class GateConfig(_Section):
     threads: int = Field(1, ge=0)
 
 
+class EnsembleConfig(_Section):
+    """The teacher ensemble (``python -m training ensemble``, :mod:`training.ensemble_stage`).
+
+    Members: the LLM teacher (its labels of validation and test), the human-only student
+    and BM25, z-scored and mixed with simplex-grid weights fit on validation only.
+    """
+
+    # Who labels the augmentation pairs the students learn from: "llm" (the LLM teacher's
+    # labels; the ensemble stage is only a report), "auto" (the ensemble's when the LLM
+    # alone misses the human-only student + ``margin`` on validation pairwise accuracy)
+    # or "ensemble" (always).
+    use: Literal["llm", "auto", "ensemble"] = "llm"
+    margin: float = Field(0.01, ge=0)
+    # Grid step of the weights (0.05: 231 weight vectors for three members).
+    step: float = Field(0.05, gt=0, le=0.5)
+    batch_size: int = Field(64, gt=0)
+
+
+class FrontierConfig(_Section):
+    """Quality against cost (:mod:`training.evaluation.frontier`) and the default-package rule.
+
+    Every cross-encoder student is exported and its served variant timed by the small
+    stage's cost measurement (``small.cost_variant`` at ``small.cost_threads`` ONNX
+    threads, :func:`training.small.measure_costs`); the default package is the student with
+    the best validation pairwise accuracy (served variant, whole split) whose request of
+    ``slo_items`` items (that many times its measured cost per pair) takes at most
+    ``budget_share * slo_latency_ms``.
+    """
+
+    # The evaluate stage also builds the frontier (exports and timings: minutes a student).
+    enabled: bool = False
+    # Student runs on the frontier (empty: every finished cross-encoder run).
+    runs: tuple[str, ...] = ()
+    # The service's SLO (service/settings.py slo_latency_ms, slo_items; a test keeps them
+    # equal): a request of slo_items items within slo_latency_ms.
+    slo_latency_ms: float = Field(1000.0, gt=0)
+    slo_items: int = Field(100, gt=0)
+    budget_share: float = Field(1.0, gt=0, le=1)
+    # Pairs the LLM teacher is timed on at small.cost_threads (training/teacher_bench.py's
+    # timing; 0: not timed).
+    teacher_pairs: int = Field(128, ge=0)
+
+    @field_validator("runs", mode="before")
+    @classmethod
+    def _comma_separated(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return tuple(v.strip() for v in value.split(",") if v.strip())
+        return value
+
+
 class TrainConfig(_Section):
     """Everything a pipeline run depends on."""
 
@@ -338,6 +402,8 @@ class TrainConfig(_Section):
     representation: RepresentationConfig = RepresentationConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
     export: ExportConfig = ExportConfig()
+    ensemble: EnsembleConfig = EnsembleConfig()
+    frontier: FrontierConfig = FrontierConfig()
     mirror: MirrorConfig = MirrorConfig()
     gate: GateConfig = GateConfig()
 
@@ -353,6 +419,10 @@ class TrainConfig(_Section):
     @property
     def default_package_dir(self) -> Path:
         return self.path("models_dir") / self.paths.default_package
+
+    @property
+    def default_choice_path(self) -> Path:
+        return self.path("models_dir") / self.paths.default_choice
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")

@@ -23,9 +23,12 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from relevance_core.activation import sigmoid
 from training.data import grade_to_score
 
 VALIDATION = "validation"
+# Share of a strictly increasing logistic of the mix in the ensemble's score (see score()).
+TIE_BREAK = 0.01
 
 
 @dataclass(frozen=True)
@@ -80,14 +83,40 @@ class Ensemble:
         return total
 
     def score(self, scores: Mapping[str, np.ndarray]) -> np.ndarray:
-        """Ensemble score in [0, 1]: the mix through the validation-fitted isotonic map."""
-        return np.interp(self.mix(scores), self.calibration_x, self.calibration_y)
+        """Ensemble score in [0, 1]: the mix through the validation-fitted isotonic map.
+
+        A :data:`TIE_BREAK` share of a logistic of the mix is blended in: the isotonic map
+        is flat between its steps, and items tied there would have no margin to learn and
+        count half in pairwise accuracy. The result is strictly increasing in the mix.
+        """
+        mixed = self.mix(scores)
+        calibrated = np.interp(mixed, self.calibration_x, self.calibration_y)
+        return (1 - TIE_BREAK) * calibrated + TIE_BREAK * sigmoid(mixed, np.float64)
 
     def to_dict(self) -> dict:
+        """Everything :meth:`from_dict` needs to score again (weights first, for readers)."""
         return {
-            "members": dict(zip(self.members, self.weights, strict=True)),
+            "weights": dict(zip(self.members, self.weights, strict=True)),
             "validation_pairwise_accuracy": self.validation_pairwise_accuracy,
+            "members": list(self.members),
+            "means": list(self.means),
+            "stds": list(self.stds),
+            "calibration_x": list(self.calibration_x),
+            "calibration_y": list(self.calibration_y),
         }
+
+    @classmethod
+    def from_dict(cls, data: Mapping) -> Ensemble:
+        members = tuple(data["members"])
+        return cls(
+            members=members,
+            weights=tuple(float(data["weights"][m]) for m in members),
+            means=tuple(float(v) for v in data["means"]),
+            stds=tuple(float(v) for v in data["stds"]),
+            calibration_x=tuple(float(v) for v in data["calibration_x"]),
+            calibration_y=tuple(float(v) for v in data["calibration_y"]),
+            validation_pairwise_accuracy=float(data["validation_pairwise_accuracy"]),
+        )
 
 
 def simplex_grid(members: int, step: float) -> np.ndarray:

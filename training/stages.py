@@ -51,6 +51,7 @@ from training.artifacts import (
     curve_sizes,
     load_augmentation,
     load_dataset,
+    negatives_labels_path,
     read_run,
     run_name,
     split_labels_path,
@@ -59,6 +60,7 @@ from training.artifacts import (
     students_dir,
     teacher_label_id,
     teacher_labeled_augmentation,
+    validation_negatives,
     with_scores,
 )
 from training.config import CONFIG_FILE_NAME, TrainConfig
@@ -206,12 +208,20 @@ def stage_label(
         return label_pairs(predict, pairs, path, limit, settings.chunk_size, seconds)
 
     counts = {}
-    for split in config.label.splits if splits is None else splits:
+    chosen = config.label.splits if splits is None else splits
+    for split in chosen:
         path = split_labels_path(config, dataset, split)
         sample = split_sample(config, dataset, split)
         labels = label(sample, path, None, remaining())
         counts[split] = len(labels)
         logger.info("%s: %d/%d pairs labeled -> %s", split, len(labels), len(sample), path)
+    if "validation" in chosen and config.evaluate.negatives_per_query:
+        # The teacher's row of the random-negatives check (and the ensemble's LLM part).
+        path = negatives_labels_path(config, dataset)
+        negatives = validation_negatives(config, dataset)
+        labels = label(negatives, path, None, remaining())
+        counts["negatives"] = len(labels)
+        logger.info("random negatives: %d/%d labeled -> %s", len(labels), len(negatives), path)
     augmentation = load_augmentation(config, dataset)
     wanted = min(
         len(augmentation), limit if limit is not None else max(curve_sizes(config, dataset))
@@ -466,6 +476,12 @@ def stage_all(config: TrainConfig, force: bool = False, command: str | None = No
     if stage_teacher(config, force=force) is None:
         return None
     stage_label(config)
+    if config.ensemble.use != "llm":
+        from training.ensemble_stage import stage_ensemble
+
+        # The ensemble needs the human-only student; its decision names who labels the rest.
+        stage_distill(config, sizes=[0], force=force)
+        stage_ensemble(config, force=force)
     stage_distill(config, force=force)
     stage_small(config, force=force)
     stage_evaluate(config, command=command)

@@ -34,6 +34,20 @@ def _timed(teacher: Teacher, queries: list[str], titles: list[str], repeats: int
     return len(queries) / best, scores
 
 
+def teacher_ms_per_pair(
+    teacher: Teacher, queries: list[str], titles: list[str], threads: int, repeats: int = 2
+) -> float:
+    """Milliseconds per pair of a labeling pass at ``threads`` torch threads (best of
+    ``repeats``, after a warm-up): the teacher's point on the frontier."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        rate, _ = _timed(teacher, queries, titles, repeats)
+    finally:
+        torch.set_num_threads(previous)
+    return 1000.0 / rate
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", type=Path)

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from relevance_core.activation import sigmoid
+from relevance_core.activation import activate
 from training.scoring import score_pairs
 
 
@@ -98,14 +98,16 @@ class EmbeddingCosineScorer:
 class PackageScorer:
     """A model package scored as the service scores it (``service.scorers.cross_encoder``)."""
 
-    def __init__(self, package_dir: Path, threads: int, batch_size: int = 32) -> None:
+    def __init__(
+        self, package_dir: Path, threads: int, batch_size: int = 32, variant: str = "auto"
+    ) -> None:
         from service.features import load_tokenizer
         from service.model_package import load_package
         from service.scorers.cross_encoder import OnnxScorer
 
         package = load_package(package_dir)
         self.manifest = package.manifest
-        self.scorer = OnnxScorer.load(package, "cpu", intra_op_threads=threads)
+        self.scorer = OnnxScorer.load(package, "cpu", variant=variant, intra_op_threads=threads)
         self.tokenizer = load_tokenizer(package.tokenizer_path, package.manifest.max_length)
         self.batch_size = batch_size
 
@@ -114,13 +116,18 @@ class PackageScorer:
         m = self.manifest
         return f"served package {m.name} {m.version} (ONNX {self.scorer.variant}, CPU)"
 
-    def score(self, queries: Sequence[str], texts: Sequence[str]) -> np.ndarray:
+    def logits(self, queries: Sequence[str], texts: Sequence[str]) -> np.ndarray:
+        """The graph's raw outputs (before the manifest's calibration and activation)."""
         # np.argsort's default (unstable) order: the batches the published figures came from.
         order = np.argsort([len(q) + len(t) for q, t in zip(queries, texts, strict=True)])
-        logits = score_pairs(
+        return score_pairs(
             self.scorer.run, self.tokenizer, queries, texts, self.batch_size, order=order
         )
-        return sigmoid(logits, np.float64)
+
+    def score(self, queries: Sequence[str], texts: Sequence[str]) -> np.ndarray:
+        """Scores as the service returns them: the manifest's calibration, then activation."""
+        m = self.manifest
+        return activate(m.activation, self.logits(queries, texts), m.calibration, np.float64)
 
 
 def latency_ms_per_pair(score_rows: Callable[[slice], Any], pairs: int, batch_size: int) -> float:

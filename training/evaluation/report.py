@@ -40,6 +40,9 @@ class SystemResult:
     labels_from: str | None = None  # teacher | committee | None (human labels only)
     validation_pairwise_accuracy: float | None = None
     notes: str = ""
+    # Share of the validation queries' random negatives scored below the irrelevant
+    # threshold (systems on the [0, 1] scale only).
+    negatives_irrelevant_share: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -56,6 +59,7 @@ class SystemResult:
                 else {}
             ),
             "validation_pairwise_accuracy": self.validation_pairwise_accuracy,
+            "negatives_irrelevant_share": self.negatives_irrelevant_share,
             "notes": self.notes,
         }
 
@@ -66,15 +70,22 @@ def _fmt(value: float | None, digits: int = 4) -> str:
     return f"{value:.{digits}f}"
 
 
-def _table(systems: list[dict[str, Any]]) -> list[str]:
+def _share(value: float | None) -> str:
+    return "–" if value is None or math.isnan(value) else f"{100 * value:.1f}%"
+
+
+def _table(systems: list[dict[str, Any]], negatives: bool = False) -> list[str]:
+    """The metrics table; ``negatives`` adds the random-negatives column."""
+    extra = " random neg. irrelevant |" if negatives else ""
     lines = [
         "| system | augmented pairs | pairwise acc. | NDCG@5 | NDCG@10 | Spearman (human) "
-        "| Spearman (teacher) | class acc. | macro-F1 | ms / pair | val. pairwise acc. |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| Spearman (teacher) | class acc. | macro-F1 | ms / pair | val. pairwise acc. |" + extra,
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|" + ("---:|" if negatives else ""),
     ]
     for system in systems:
         m = system["metrics"]
         aug = system["augment_pairs"]
+        cell = f" {_share(system.get('negatives_irrelevant_share'))} |" if negatives else ""
         lines.append(
             f"| {system['name']} | {'' if aug is None else f'{aug:,}'} | "
             f"{_fmt(m.get('pairwise_accuracy'))} | {_fmt(m.get('ndcg@5'))} | "
@@ -82,12 +93,130 @@ def _table(systems: list[dict[str, Any]]) -> list[str]:
             f"{_fmt(m.get('spearman_human'))} | {_fmt(m.get('spearman_teacher'))} | "
             f"{_fmt(m.get('class_accuracy'))} | {_fmt(m.get('macro_f1'))} | "
             f"{_fmt(system['latency_ms_per_pair'], 3)} | "
-            f"{_fmt(system['validation_pairwise_accuracy'])} |"
+            f"{_fmt(system['validation_pairwise_accuracy'])} |" + cell
         )
     return lines
 
 
-def render_markdown(results: dict[str, Any], plot_name: str | None) -> str:
+def _negatives_lines(results: dict[str, Any]) -> list[str]:
+    """What the random-negatives column counts, and which systems miss the target."""
+    negatives = results.get("negatives")
+    if not negatives or not negatives.get("pairs"):
+        return []
+    target = negatives["target"]
+    missing = [
+        s["name"]
+        for s in results["systems"]
+        if s.get("negatives_irrelevant_share") is not None
+        and s["negatives_irrelevant_share"] < target
+    ]
+    return [
+        "",
+        f"Random negatives: {negatives['pairs']:,} (validation query, random catalogue title) "
+        f"pairs, {negatives['per_query']} never-judged products per query for "
+        f"{negatives['queries']:,} queries (seed {negatives['seed']}); the column is the share "
+        f"scored below {negatives['threshold']} (irrelevant), target {100 * target:.0f}%, for "
+        "systems on the [0, 1] scale. "
+        + (
+            "Below the target: " + ", ".join(missing) + "."
+            if missing
+            else "Every such system meets it."
+        ),
+    ]
+
+
+def _ensemble_lines(record: dict[str, Any] | None) -> list[str]:
+    """Each member, the ensemble and the ensemble without the LLM, on validation and test."""
+    if not record:
+        return []
+    weights = ", ".join(f"{k} {w:.2f}" for k, w in record["ensemble"]["weights"].items())
+    without = ", ".join(f"{k} {w:.2f}" for k, w in record["without_llm"]["weights"].items())
+    lines = [
+        "",
+        "## Teacher ensemble",
+        "",
+        f"`{record['id']}`: z-scored members mixed with simplex-grid weights ({weights}; "
+        f"without the LLM: {without}) and mapped onto [0, 1] by an isotonic fit, all on the "
+        "whole validation split only, so its validation figures are in-sample and test is "
+        "the held-out check. Pairwise accuracy:",
+        "",
+        "| system | validation | test |",
+        "|---|---:|---:|",
+    ]
+    for row in record["table"]:
+        lines.append(f"| {row['system']} | {_fmt(row['validation'])} | {_fmt(row['test'])} |")
+    decision = record["decision"]
+    lines += ["", f"**{record['verdict']}**", "", f"Rule: {decision['rule']}."]
+    return lines
+
+
+def _curve_lines(runs: dict[str, Any] | None) -> list[str]:
+    """The augmentation curve per size with each seed, their mean and spread."""
+    curve = (runs or {}).get("curve") or []
+    if not curve:
+        return []
+    lines = [
+        "",
+        "### Augmentation curve, per seed",
+        "",
+        "| augmented pairs | seeds | test pairwise acc. (each seed) | test mean | test spread "
+        "| val. mean | val. spread |",
+        "|---:|---:|---|---:|---:|---:|---:|",
+    ]
+    for point in curve:
+        seeds = ", ".join(
+            f"{_fmt(s['test_pairwise_accuracy'])} (seed {s['seed']})" for s in point["seeds"]
+        )
+        lines.append(
+            f"| {point['augment_pairs']:,} | {len(point['seeds'])} | {seeds} | "
+            f"{_fmt(point['test_mean'])} | {_fmt(point['test_spread'])} | "
+            f"{_fmt(point['validation_mean'])} | {_fmt(point['validation_spread'])} |"
+        )
+    noise = runs.get("seed_noise") or {}  # type: ignore[union-attr]
+    if noise.get("test") is not None:
+        lines += [
+            "",
+            f"Noise between two trainings (largest spread of seeds at one size): test "
+            f"{_fmt(noise['test'])}, validation {_fmt(noise.get('validation'))}.",
+        ]
+    return lines
+
+
+def _frontier_lines(frontier: dict[str, Any] | None, split: str, plot: str | None) -> list[str]:
+    """The frontier table, its plot and the default-package rule with its choice."""
+    if not frontier:
+        return []
+    lines = [
+        "",
+        "## Quality / latency frontier",
+        "",
+        f"{split.title()} pairwise accuracy against measured cost per pair. Students: their "
+        "served variant (ONNX) exported and timed on the same validation pairs, accuracy of "
+        "that same graph on the whole split; how each cost was measured is in its row.",
+        "",
+        f"| system | layers | {split} pairwise acc. | val. pairwise acc. | ms / pair "
+        f"| {frontier['slo_items']} items, ms | cost measured as | notes |",
+        "|---|---:|---:|---:|---:|---:|---|---|",
+    ]
+    for p in sorted(frontier["points"], key=lambda p: p["ms_per_pair"] or math.inf):
+        chosen = p["run"] is not None and p["run"] == frontier["choice"]
+        request = None if p["ms_per_pair"] is None else p["ms_per_pair"] * frontier["slo_items"]
+        lines.append(
+            f"| {'**' + p['name'] + '** (default)' if chosen else p['name']} | "
+            f"{'' if p['layers'] is None else p['layers']} | "
+            f"{_fmt(p['test_pairwise_accuracy'])} | {_fmt(p['validation_pairwise_accuracy'])} | "
+            f"{_fmt(p['ms_per_pair'], 3)} | {_fmt(request, 0)} | {p['cost']} | {p['notes']} |"
+        )
+    if plot:
+        lines += ["", f"![test pairwise accuracy vs cost per pair]({plot})"]
+    chosen = frontier["choice"] or "none (no student fits the budget)"
+    lines += ["", f"Default package rule: {frontier['rule']}. Choice: **{chosen}**."]
+    return lines
+
+
+def render_markdown(
+    results: dict[str, Any], plot_name: str | None, frontier_plot: str | None = None
+) -> str:
     """The evaluation report: tables, slices, the curve, findings and the reproducing command."""
     systems = results["systems"]
     subset = results.get("teacher_subset")
@@ -115,7 +244,8 @@ def render_markdown(results: dict[str, Any], plot_name: str | None) -> str:
         "",
         f"## All {results['split']} queries",
         "",
-        *_table(systems),
+        *_table(systems, negatives=bool((results.get("negatives") or {}).get("pairs"))),
+        *_negatives_lines(results),
     ]
     if subset:
         lines += [
@@ -157,6 +287,7 @@ def render_markdown(results: dict[str, Any], plot_name: str | None) -> str:
             for cell in (system["slices"][n] for n in slice_names)
         ]
         lines.append(f"| {system['name']} | " + " | ".join(cells) + " |")
+    lines += _ensemble_lines(results.get("ensemble"))
     if plot_name:
         lines += [
             "",
@@ -164,6 +295,8 @@ def render_markdown(results: dict[str, Any], plot_name: str | None) -> str:
             "",
             f"![student pairwise accuracy vs augmentation size]({plot_name})",
         ]
+    lines += _curve_lines(results.get("student_runs"))
+    lines += _frontier_lines(results.get("frontier"), results["split"], frontier_plot)
     if results.get("findings"):
         lines += ["", "## Findings", "", *(f"- {f}" for f in results["findings"])]
     return "\n".join(lines) + "\n"
@@ -246,8 +379,10 @@ def plot_curve(results: dict[str, Any], path: Path) -> Path:
         ]
         return sorted(chosen, key=lambda s: s["augment_pairs"] or 0)
 
-    def line(ax: Any, systems: list[dict[str, Any]], label: str, style: str) -> None:
-        for committee in (False, True):
+    def line(
+        ax: Any, systems: list[dict[str, Any]], label: str, style: str, plain: bool = True
+    ) -> None:
+        for committee in (False, True) if plain else (True,):
             rows = students(systems, committee)
             if rows:
                 ax.plot(
@@ -262,7 +397,18 @@ def plot_curve(results: dict[str, Any], path: Path) -> Path:
     subset = results.get("teacher_subset")
     split = results["split"]
     fig, ax = plt.subplots(figsize=(7.0, 4.2), dpi=120)
-    line(ax, results["systems"], f"student, all {split} queries", "-")
+    # With per-seed results (training.recipe), the curve is the mean of the seeds at each
+    # size and every seed a point of its own, so the noise between trainings shows.
+    curve = (results.get("student_runs") or {}).get("curve") or []
+    label = f"student, all {split} queries"
+    line(ax, results["systems"], label, "-", plain=not curve)
+    if curve:
+        sizes = [c["augment_pairs"] for c in curve]
+        ax.plot(sizes, [c["test_mean"] for c in curve], "-o", label=f"{label} (mean of seeds)")
+        seeds = [
+            (c["augment_pairs"], s["test_pairwise_accuracy"]) for c in curve for s in c["seeds"]
+        ]
+        ax.scatter(*zip(*seeds, strict=True), marker="x", color="tab:blue", label="each seed")
     if subset:
         line(ax, subset["systems"], f"student, teacher-labeled {split} sample", "--")
     teacher = [s for s in (subset or results)["systems"] if s["kind"] == "teacher"]

@@ -54,9 +54,22 @@ def stage_evaluate(
             teacher_labels = None
     teacher_scores = teacher_scores_for(frame, teacher_labels)
     sample = frame.sample(n=min(settings.latency_pairs, len(frame)), random_state=config.split.seed)
-    scored = score_systems(config, dataset, frame, sample)
+    negatives = _negatives(config, dataset)
+    # Every system scores the split and the validation queries' random negatives in one
+    # pass; the scores are split apart again below.
+    scored = score_systems(config, dataset, pd.concat([frame, negatives]), sample)
+    for system in scored:
+        system.scores, system.negative_scores = (
+            system.scores[: len(frame)],
+            system.scores[len(frame) :],
+        )
     if teacher_scores is not None:
         scored.append(teacher_row(config, teacher_scores, teacher_labels, sample))
+        scored[-1].negative_scores = _teacher_negatives(config, dataset, negatives)
+    from training.evaluation.systems import ensemble_rows
+
+    ensemble = _ensemble_record(config, dataset)
+    scored.extend(ensemble_rows(ensemble, scored))
     systems, subset = _tables(frame, scored, teacher_scores, slices)
     results: dict[str, Any] = {
         **_evaluated(config, dataset, frame),
@@ -70,6 +83,9 @@ def stage_evaluate(
         },
         "systems": [s.to_dict() for s in systems],
         "teacher_subset": subset,
+        "negatives": _negatives_summary(config, negatives),
+        "ensemble": ensemble,
+        "frontier": _frontier(config, dataset),
         "config": config.to_dict(),
     }
     # Per run, size and seed (the curve's two seeds, the term-matching pair, the smaller
@@ -102,6 +118,7 @@ def _tables(
             labels_from=s.labels_from,
             validation_pairwise_accuracy=s.validation_pairwise_accuracy,
             notes=s.notes,
+            negatives_irrelevant_share=_negatives_share(s),
         )
 
     everything = np.ones(len(frame), dtype=bool)
@@ -124,6 +141,69 @@ def _tables(
             "systems": [result(s, covered, with_slices=False).to_dict() for s in scored],
         }
     return systems, subset
+
+
+def _negatives(config: TrainConfig, dataset: Dataset) -> pd.DataFrame:
+    """The validation queries' random negatives (none when evaluate.negatives_per_query is 0)."""
+    from training.artifacts import validation_negatives
+
+    if not config.evaluate.negatives_per_query:
+        return pd.DataFrame(columns=["query", "query_key", "product_id", "title"])
+    return validation_negatives(config, dataset)
+
+
+def _teacher_negatives(
+    config: TrainConfig, dataset: Dataset, negatives: pd.DataFrame
+) -> np.ndarray | None:
+    """The teacher's cached labels of the random negatives (labeled with the validation split)."""
+    from training.artifacts import negatives_labels_path
+
+    if not len(negatives):
+        return None
+    return teacher_scores_for(negatives, negatives_labels_path(config, dataset))
+
+
+def _negatives_share(system: Scored) -> float | None:
+    """Share of the random negatives a system scores irrelevant: systems on the [0, 1]
+    scale whose every negative is scored (the teacher: when its labels cover them)."""
+    from training.evaluation.negatives import irrelevant_share
+
+    scores = system.negative_scores
+    if not system.calibrated or scores is None or not len(scores) or np.isnan(scores).any():
+        return None
+    return irrelevant_share(scores)
+
+
+def _negatives_summary(config: TrainConfig, negatives: pd.DataFrame) -> dict[str, Any]:
+    from training.evaluation.negatives import IRRELEVANT_BELOW
+
+    settings = config.evaluate
+    return {
+        "pairs": len(negatives),
+        "queries": int(negatives["query_key"].nunique()),
+        "per_query": settings.negatives_per_query,
+        "seed": settings.negatives_seed,
+        "threshold": IRRELEVANT_BELOW,
+        "target": settings.negatives_target,
+        "split": "validation",
+    }
+
+
+def _ensemble_record(config: TrainConfig, dataset: Dataset) -> dict[str, Any] | None:
+    from training.artifacts import read_ensemble_record
+
+    try:
+        return read_ensemble_record(config, dataset)
+    except PipelineError:  # no teacher package: no ensemble of it
+        return None
+
+
+def _frontier(config: TrainConfig, dataset: Dataset) -> dict[str, Any] | None:
+    if not config.frontier.enabled:
+        return None
+    from training.evaluation.frontier import build_frontier
+
+    return build_frontier(config, dataset)
 
 
 def _evaluated(config: TrainConfig, dataset: Dataset, frame: pd.DataFrame) -> dict[str, Any]:
@@ -162,5 +242,12 @@ def _write(config: TrainConfig, results: dict[str, Any]) -> None:
     docs = config.path("docs_dir")
     stem = "evaluation" if split == "test" else f"evaluation-{split}"
     plot = plot_curve(results, docs / f"{stem}_curve.png")
-    (docs / f"{stem}.md").write_text(render_markdown(results, plot.name))
+    frontier_plot = None
+    if results.get("frontier"):
+        from training.evaluation.frontier import plot_frontier
+
+        frontier_plot = plot_frontier(results["frontier"], split, docs / f"{stem}_frontier.png")
+    (docs / f"{stem}.md").write_text(
+        render_markdown(results, plot.name, frontier_plot.name if frontier_plot else None)
+    )
     logger.info("report written to %s", docs / f"{stem}.md")

@@ -60,6 +60,8 @@ class Scored:
     labels_from: str | None = None
     validation_pairwise_accuracy: float | None = None
     notes: str = ""
+    # Scores of the validation queries' random negatives (the evaluation's negatives row).
+    negative_scores: np.ndarray | None = None
 
 
 def score_systems(
@@ -326,3 +328,46 @@ def teacher_row(
         latency_ms_per_pair=teacher_latency(config, sample),
         notes=f"scores from the label cache {labels_file}",
     )
+
+
+ENSEMBLE_ROW = "teacher ensemble (LLM + human-only + BM25)"
+
+
+def ensemble_rows(record: dict | None, scored: list[Scored]) -> list[Scored]:
+    """The ensemble of ``record`` (training/ensemble_stage.py) scored from its members' rows.
+
+    Its weights and isotonic map come from validation; here they only score. None when a
+    member has no row or the teacher did not label the whole split.
+    """
+    from training.artifacts import HUMAN_ONLY
+    from training.ensemble import Ensemble
+
+    if record is None:
+        return []
+    teacher = [s for s in scored if s.kind == "teacher"]
+    members = {
+        "llm": teacher[0] if teacher else None,
+        HUMAN_ONLY: next((s for s in scored if s.name == student_row_name(HUMAN_ONLY)), None),
+        "bm25": next((s for s in scored if s.name == "BM25"), None),
+    }
+    if any(m is None for m in members.values()) or np.isnan(members["llm"].scores).any():
+        logger.warning("a member of the ensemble has no full row; no ensemble row")
+        return []
+    ensemble = Ensemble.from_dict(record["ensemble"])
+    negatives = None
+    if all(m.negative_scores is not None for m in members.values()):
+        negatives = ensemble.score({k: m.negative_scores for k, m in members.items()})
+    costs = [m.latency_ms_per_pair for m in members.values()]
+    weights = ", ".join(f"{k} {w:.2f}" for k, w in record["ensemble"]["weights"].items())
+    return [
+        Scored(
+            ENSEMBLE_ROW,
+            "ensemble",
+            ensemble.score({k: m.scores for k, m in members.items()}),
+            calibrated=True,
+            latency_ms_per_pair=sum(costs) if all(c is not None for c in costs) else None,  # type: ignore[misc]
+            negative_scores=negatives,
+            notes=f"weights {weights} (z-scored members), fit with its isotonic map on "
+            f"validation only ({record['id']}); cost: the sum of its members'",
+        )
+    ]

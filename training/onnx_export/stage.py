@@ -116,8 +116,18 @@ def _default_version(student_dir: Path) -> str:
 
 
 def choose_student(config: TrainConfig, name: str | None = None) -> str:
-    """The run to export: explicit, else the student with the best validation pairwise accuracy."""
+    """The run to export: explicit, the frontier's choice, else the best on validation."""
     name = name or config.export.student
+    if name == "frontier":
+        from training.evaluation.frontier import read_choice
+
+        choice = read_choice(config)
+        if choice is None:
+            raise PipelineError(
+                f"export.student='frontier' needs {config.default_choice_path}; run "
+                "`python -m training evaluate --set frontier.enabled=true` first"
+            )
+        return choice["run"]
     if name != "auto":
         return name
     # A representation student is exported only by name: the default package is the
@@ -154,9 +164,14 @@ def stage_export(config: TrainConfig, student: str | None = None, force: bool = 
         raise PipelineError(f"student {run_dir} is not trained; run `python -m training distill`")
     if record.get("architecture"):
         return export_representation_run(config, name, record, force=force)
-    return export_student(
+    package = export_student(
         config, name, config.default_package_dir, config.paths.default_package, force=force
     )
+    from training.score_calibration import calibrate_package
+
+    # Scores that mean what the manifest says (export.calibration), fit on validation.
+    calibrate_package(config, load_dataset(config), package, force=force)
+    return package
 
 
 def export_student(

@@ -87,3 +87,51 @@ def test_package_row_says_when_its_run_was_retrained(pipeline_copy) -> None:
     (package_row,) = score_package(config, frame, frame.head(8))
     assert "another training (fingerprint retrained000)" in package_row.notes
     assert package_row.kind == "package" and len(package_row.scores) == len(frame)
+
+
+def test_the_negatives_row_counts_the_validation_queries_random_pairs(
+    pipeline_copy, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import numpy as np
+    import pandas as pd
+
+    from training.artifacts import load_dataset, validation_negatives
+    from training.evaluation import stage
+    from training.evaluation.systems import Scored
+
+    config = pipeline_copy
+    dataset = load_dataset(config)
+    test = dataset.splits["test"]
+    negatives = validation_negatives(config, dataset)
+    first = negatives["query_key"].iloc[0]
+    seen: list[pd.DataFrame] = []
+
+    def fake_systems(config, dataset, frame, sample) -> list[Scored]:
+        seen.append(frame)
+        judged = frame["grade"].notna().to_numpy()
+        # Judged test pairs 0.6; negatives 0.1, but those of the first query 0.6.
+        low = np.where(frame["query_key"].to_numpy() == first, 0.6, 0.1)
+        scores = np.where(judged, 0.6, low)
+        return [
+            Scored("calibrated", "student", scores, calibrated=True),
+            Scored("raw", "baseline", scores, calibrated=False),
+        ]
+
+    monkeypatch.setattr(stage, "score_systems", fake_systems)
+    results = stage.stage_evaluate(config, command="python -m training evaluate")
+    (frame,) = seen
+    # Scored in one pass: the test split, then exactly the validation queries' negatives.
+    assert len(frame) == len(test) + len(negatives)
+    pd.testing.assert_frame_equal(
+        frame.iloc[len(test) :][list(negatives.columns)].reset_index(drop=True), negatives
+    )
+    per_query = config.evaluate.negatives_per_query
+    queries = dataset.splits["validation"]["query_key"].nunique()
+    summary = results["negatives"]
+    assert summary["pairs"] == len(negatives) == per_query * queries
+    assert (summary["queries"], summary["split"]) == (queries, "validation")
+    rows = {s["name"]: s for s in results["systems"]}
+    assert rows["calibrated"]["negatives_irrelevant_share"] == pytest.approx(1 - 1 / queries)
+    assert rows["raw"]["negatives_irrelevant_share"] is None  # not on the [0, 1] scale
+    # The split's own metrics saw only the split's pairs (all 0.6: every pair a tie).
+    assert rows["calibrated"]["metrics"]["pairwise_accuracy"] == 0.5
