@@ -16,7 +16,8 @@ import uvicorn
 from fastapi import FastAPI
 
 from service.app import create_app
-from service.model_package import ModelPackageError, load_package
+from service.model_package import ModelPackageError
+from service.representation_package import load_any_package
 from service.settings import Settings
 
 # uvicorn's exit status for a failed startup; kept for a package refused before it.
@@ -51,7 +52,7 @@ def configure_logging(settings: Settings) -> None:
 def verify_package(settings: Settings) -> None:
     """Refuse to start, with one clear line and no traceback, when the package is unusable."""
     try:
-        load_package(settings.model_dir)
+        load_any_package(settings.model_dir)
     except ModelPackageError as exc:
         logging.getLogger("service").error("cannot load the model package: %s", exc)
         sys.exit(EXIT_STARTUP_FAILED)

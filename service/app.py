@@ -27,6 +27,10 @@ from service.engine import ScoringEngine
 from service.features import TextLimits
 from service.metrics import Metrics
 from service.middleware import BodySizeLimit, LoadShedding, LoopLag, RequestMetrics
+from service.model_package import ModelPackageError
+from service.preload import read_catalogue
+from service.representation_engine import RepresentationEngine
+from service.representation_package import CROSS_ENCODER, REPRESENTATION, package_kind
 from service.settings import DEFAULT_MAX_BATCH_SIZE, Settings
 from service.shadow import ShadowScorer, TeacherShadow, load_teacher_scorer
 from service.warmup import LadderConfig
@@ -98,7 +102,11 @@ def text_limits(settings: Settings) -> TextLimits:
 
 
 def load_engine(settings: Settings, metrics: Metrics) -> ScoringEngine:
-    """The production engine: the settings unpacked into plain values."""
+    """The production engine: the settings unpacked into plain values. A representation
+    package (its manifest's ``kind``) gets a :class:`RepresentationEngine`, which has the
+    same interface."""
+    if package_kind(settings.model_dir) == REPRESENTATION:
+        return load_representation_engine(settings, metrics)  # type: ignore[return-value]
     return ScoringEngine.from_package_dir(
         settings.model_dir,
         metrics,
@@ -113,6 +121,42 @@ def load_engine(settings: Settings, metrics: Metrics) -> ScoringEngine:
         warmup=settings.warmup,
         ladder=ladder_config(settings),
         cache_bytes=int(settings.score_cache_mb * 1024 * 1024),
+    )
+
+
+def load_representation_engine(settings: Settings, metrics: Metrics) -> RepresentationEngine:
+    """A representation package's engine, with its item store, preload and cascade.
+
+    The cascade's cross-encoder is an engine of its own, built from the same settings on
+    ``cascade_model_dir``; its metrics go to a registry of their own (its batcher and
+    admission gauges would otherwise overwrite the student's), and ``/info`` shows it.
+    """
+    cascade = None
+    if settings.cascade_model_dir is not None:
+        if package_kind(settings.cascade_model_dir) != CROSS_ENCODER:
+            raise ModelPackageError(
+                f"{settings.cascade_model_dir}: cascade_model_dir must be a cross-encoder package"
+            )
+        cascade = load_engine(
+            settings.model_copy(update={"model_dir": settings.cascade_model_dir}),
+            Metrics(CollectorRegistry(), settings.slo_window_s),
+        )
+    return RepresentationEngine.from_package_dir(
+        settings.model_dir,
+        metrics,
+        provider=settings.provider,
+        variant=settings.variant,
+        intra_op_threads=settings.intra_op_threads or 0,
+        intra_op_spinning=bool(settings.intra_op_spinning),
+        limits=text_limits(settings),
+        batching=batcher_config(settings),
+        admission=admission_config(settings),
+        tokenizer_threads=settings.tokenizer_threads,
+        warmup=settings.warmup,
+        store_bytes=int(settings.item_store_mb * 1024 * 1024),
+        preload=read_catalogue(settings.item_preload) if settings.item_preload else None,
+        cascade=cascade,
+        cascade_top_k=settings.cascade_top_k,
     )
 
 

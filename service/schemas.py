@@ -14,7 +14,10 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    ModelWrapValidatorHandler,
+    PrivateAttr,
     field_validator,
+    model_validator,
 )
 
 SCORE_EXAMPLE = {
@@ -48,6 +51,11 @@ def _integral(value: Any) -> Any:
 # which the published schema calls invalid (and a client sending them has a bug).
 # (BeforeValidator last: placed first it hides ge from the JSON schema.)
 PositiveJsonInt = Annotated[int, Field(strict=True, ge=1), BeforeValidator(_integral)]
+NonNegativeJsonInt = Annotated[int, Field(strict=True, ge=0), BeforeValidator(_integral)]
+CASCADE_FIELD = (
+    "Representation packages: re-score the best k items with the cascade's cross-encoder "
+    "(the head is ranked above the rest); 0 = off; unset = the server's default."
+)
 JsonBool = Annotated[bool, Field(strict=True)]
 JsonFloat = Annotated[float, Field(strict=True)]
 
@@ -154,6 +162,25 @@ class ScoreRequest(BaseModel):
             seen.add(item.id)
         return items
 
+    cascade_top_k: NonNegativeJsonInt | None = Field(None, description=CASCADE_FIELD)
+    # Positions of the items sent as plain strings: their id is only their index.
+    _plain: frozenset[int] = PrivateAttr(default_factory=frozenset)
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _note_plain_items(
+        cls, data: Any, handler: ModelWrapValidatorHandler[ScoreRequest]
+    ) -> ScoreRequest:
+        request = handler(data)
+        items = data.get("items") if isinstance(data, dict) else None
+        if isinstance(items, list):
+            request._plain = frozenset(i for i, x in enumerate(items) if isinstance(x, str))
+        return request
+
+    def item_ids(self) -> list[str | None]:
+        """Each item's id; None for a plain string, which the item store keys by its text."""
+        return [None if i in self._plain else item.id for i, item in enumerate(self.items)]
+
 
 class ShadowScoreRequest(ScoreRequest):
     """``/score``'s request for the teacher (its own schema: a lower item limit)."""
@@ -223,6 +250,7 @@ class RerankRequest(BaseModel):
         None, description="vLLM's and Infinity's candidates (instead of texts); not blank."
     )
     top_n: PositiveJsonInt = Field(None, description="Return only the best n results.")
+    cascade_top_k: NonNegativeJsonInt = Field(None, description=CASCADE_FIELD)
     truncate: JsonBool = True
     # TEI's values are "Left" and "Right"; only "Right" is served, and "Left" gets a message
     # saying so (hence a plain string checked below rather than a one-value Literal).

@@ -84,6 +84,30 @@ class Settings(BaseSettings):
         ge=0,
         description="Memory bound of the score cache of (query, item) scores, in MiB; 0 = off.",
     )
+    # Representation packages (service.representation_engine): the item store, its
+    # preload, and the cascade into a cross-encoder.
+    item_store_mb: float = Field(
+        256.0,
+        ge=0,
+        description="Memory bound of the item store (item vectors of a representation "
+        "package), in MiB; 0 = off, every item encoded for every request.",
+    )
+    item_preload: Path | None = Field(
+        None,
+        description="Catalogue (.csv or .jsonl, see service.preload) encoded into the item "
+        "store before /readyz reports ready.",
+    )
+    cascade_model_dir: Path | None = Field(
+        None,
+        description="Cross-encoder package that re-scores a representation package's best "
+        "items (the cascade).",
+    )
+    cascade_top_k: int = Field(
+        0,
+        ge=0,
+        description="Items the cascade's cross-encoder re-scores when a request does not "
+        "say (its cascade_top_k); 0 = off.",
+    )
     max_concurrent_requests: int = Field(
         64,
         ge=1,
@@ -152,6 +176,17 @@ class Settings(BaseSettings):
     def _empty_means_no_teacher(cls, value: object) -> object:
         # RELEVANCE_TEACHER_DIR= (set but empty, as `make serve TEACHER_DIR=` gives) is "off".
         return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("item_preload", "cascade_model_dir", mode="before")
+    @classmethod
+    def _empty_means_none(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @model_validator(mode="after")
+    def _cascade_has_a_model(self) -> Settings:
+        if self.cascade_top_k > 0 and self.cascade_model_dir is None:
+            raise ValueError("cascade_top_k > 0 needs cascade_model_dir (a cross-encoder package)")
+        return self
 
     @model_validator(mode="after")
     def _check_bounds(self) -> Settings:

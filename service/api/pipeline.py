@@ -13,7 +13,7 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 from fastapi import Request, Response
@@ -59,6 +59,10 @@ class ScoringCall:
     model: str | None = None
     # False: score every pair with the model, reading nothing from the score cache.
     cache: bool = True
+    # Representation packages: each text's id for the item store (None: keyed by the text),
+    # and how many of the best items the cascade's cross-encoder re-scores (None: default).
+    item_ids: Sequence[str | None] | None = None
+    cascade_top_k: int | None = None
 
 
 @dataclass(frozen=True)
@@ -97,6 +101,7 @@ class StudentBackend:
             truncate=call.truncate,
             arrived=arrived,
             use_cache=call.cache,
+            **representation_options(self.engine, call),
         )
 
     def account(self, result: EngineResult, outside_s: float) -> None:
@@ -151,6 +156,19 @@ async def serve(
     out = answer(result)
     backend.account(result, (started - arrived) + (time.monotonic() - ended))
     return out
+
+
+def representation_options(engine: object, call: ScoringCall) -> dict[str, Any]:
+    """What only a representation engine takes (item ids, cascade); a cascade asked of a
+    cross-encoder is refused naming the field."""
+    if getattr(engine, "kind", None) == "representation":
+        return {"item_ids": call.item_ids, "cascade_top_k": call.cascade_top_k}
+    if call.cascade_top_k:
+        raise InvalidInput(
+            "cascade_top_k: the model is a cross-encoder; a cascade needs a representation package",
+            field="cascade_top_k",
+        )
+    return {}
 
 
 def deadline_for(settings: Settings, arrived: float, deadline_ms: int | None) -> float:

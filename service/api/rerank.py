@@ -141,7 +141,14 @@ async def rerank(
             ]
 
         call = _call(
-            body.query, texts, settings, RERANK_FIELDS, body.truncate, body.model, body.cache
+            body.query,
+            texts,
+            settings,
+            RERANK_FIELDS,
+            body.truncate,
+            body.model,
+            body.cache,
+            body.cascade_top_k,
         )
         return await _serve_ranked(request, response, settings, engine, call, tei)
 
@@ -157,7 +164,14 @@ async def rerank(
         )
 
     call = _call(
-        body.query, documents, settings, DOCUMENTS_FIELDS, body.truncate, body.model, body.cache
+        body.query,
+        documents,
+        settings,
+        DOCUMENTS_FIELDS,
+        body.truncate,
+        body.model,
+        body.cache,
+        body.cascade_top_k,
     )
     return await _serve_ranked(request, response, settings, engine, call, vllm)
 
@@ -275,6 +289,7 @@ def _call(
     truncate: bool,
     model: str | None,
     cache: bool = True,
+    cascade_top_k: int | None = None,
 ) -> ScoringCall:
     return ScoringCall(
         query=query,
@@ -284,4 +299,5 @@ def _call(
         fields=fields,
         model=model,
         cache=cache,
+        cascade_top_k=cascade_top_k,
     )

@@ -75,6 +75,8 @@ async def score(
         fields=SCORE_FIELDS,
         deadline_ms=body.deadline_ms,
         cache=body.cache,
+        item_ids=body.item_ids(),
+        cascade_top_k=body.cascade_top_k,
     )
 
     def answer(result: EngineResult) -> ScoreResponse:
