@@ -44,6 +44,7 @@ from training.artifacts import (
     Dataset,
     PipelineError,
     augment_data_version,
+    augmentation_label_source,
     augmentation_labels_path,
     committee_labels_path,
     committee_run_name,
@@ -58,7 +59,6 @@ from training.artifacts import (
     split_sample,
     student_fingerprint,
     students_dir,
-    teacher_label_id,
     teacher_labeled_augmentation,
     validation_negatives,
     with_scores,
@@ -301,9 +301,11 @@ def stage_distill(
             pairs, fields = None, {**fields, "augment_sources": {}}
         else:
             pairs = teacher_labeled_augmentation(config, dataset, size)
+            source = augmentation_label_source(config, dataset)  # the LLM or the ensemble
             fields = {
                 "augment_pairs": size,
-                "teacher_id": teacher_label_id(config),
+                "teacher_id": source.id,
+                "labels_from": source.kind,
                 "augment_version": augment_data_version(config, dataset),
                 "augment_sources": pairs["source"].value_counts().to_dict(),
             }

@@ -15,6 +15,7 @@ from training.artifacts import (
     ensemble_record_path,
     labeled_augmentation,
     load_dataset,
+    read_run,
     split_labels_path,
     student_fingerprint,
     teacher_labeled_augmentation,
@@ -22,7 +23,7 @@ from training.artifacts import (
 from training.ensemble import Ensemble
 from training.ensemble_stage import decide, stage_ensemble
 from training.evaluation.systems import ENSEMBLE_ROW
-from training.stages import stage_label
+from training.stages import stage_distill, stage_label
 
 SYSTEMS = ["llm", "human-only", "bm25", "ensemble", "ensemble without the LLM"]
 
@@ -110,6 +111,10 @@ def test_the_ensemble_labels_the_augmentation_when_it_is_the_teacher(pipeline_co
         llm_config, dataset, size
     )
     assert student_fingerprint(config, dataset, 0) == student_fingerprint(llm_config, dataset, 0)
+    (run_dir,) = stage_distill(config, sizes=[size])
+    record = read_run(run_dir)
+    assert (record["teacher_id"], record["labels_from"]) == (source.id, "ensemble")
+    assert record["fingerprint"] == student_fingerprint(config, dataset, size)
 
 
 def test_the_ensemble_row_of_the_evaluation_scores_test_like_the_stage(pipeline_copy) -> None:
