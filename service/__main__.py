@@ -50,9 +50,12 @@ def configure_logging(settings: Settings) -> None:
 
 
 def verify_package(settings: Settings) -> None:
-    """Refuse to start, with one clear line and no traceback, when the package is unusable."""
+    """Refuse to start, with one clear line and no traceback, when a package is unusable
+    (each of RELEVANCE_MODELS in the models directory, else RELEVANCE_MODEL_DIR)."""
+    dirs = [settings.models_dir / p for p in settings.models.values()] or [settings.model_dir]
     try:
-        load_any_package(settings.model_dir)
+        for path in dirs:
+            load_any_package(path)
     except ModelPackageError as exc:
         logging.getLogger("service").error("cannot load the model package: %s", exc)
         sys.exit(EXIT_STARTUP_FAILED)

@@ -6,11 +6,12 @@ ONNX session opened and the teacher loaded in the lifespan, and released on shut
 
 from __future__ import annotations
 
-import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from importlib import metadata, resources
+from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -28,9 +29,15 @@ from service.features import TextLimits
 from service.metrics import Metrics
 from service.middleware import BodySizeLimit, LoadShedding, LoopLag, RequestMetrics
 from service.model_package import ModelPackageError
+from service.models import Loader, ModelRegistry, Served
 from service.preload import read_catalogue
 from service.representation_engine import RepresentationEngine
-from service.representation_package import CROSS_ENCODER, REPRESENTATION, package_kind
+from service.representation_package import (
+    CROSS_ENCODER,
+    REPRESENTATION,
+    load_any_package,
+    package_kind,
+)
 from service.settings import DEFAULT_MAX_BATCH_SIZE, Settings
 from service.shadow import ShadowScorer, TeacherShadow, load_teacher_scorer
 from service.warmup import LadderConfig
@@ -45,7 +52,9 @@ teacher, behind a dynamic micro-batcher. `POST /score` is the main endpoint; the
 shapes of other servers are spoken too, all scored by the same model and batcher:
 `POST /rerank` (text-embeddings-inference's `texts`, or vLLM's `documents`),
 `POST /infinity/rerank` (Infinity's), `POST /v1/rerank` (Cohere v1 and Jina) and
-`POST /v2/rerank` (Cohere v2). `POST /shadow/score` asks the teacher.
+`POST /v2/rerank` (Cohere v2). `POST /shadow/score` asks the teacher. Several model
+versions may be loaded (`GET /v1/models`); a request's `model` picks one, else the
+default (or a canary for a share of queries) scores it.
 Errors always have the body `{"error", "error_type", "field"}`.
 """
 # Swagger UI's files, served by the app itself: /docs works without internet (FastAPI's
@@ -160,15 +169,91 @@ def load_representation_engine(settings: Settings, metrics: Metrics) -> Represen
     )
 
 
+def package_loader(
+    settings: Settings, metrics: Metrics, factory: EngineFactory
+) -> Loader[ScoringEngine]:
+    """Build the engine of the package at a path with the app's engine factory.
+
+    A version replacing another (a hot swap) reuses the batch size and threading the
+    warm-up ladder chose for it: they were measured on this machine, and re-running the
+    ladder next to live traffic would both slow that traffic and measure a busy machine.
+    """
+
+    def load(path: Path, previous: ScoringEngine | None) -> tuple[ScoringEngine, str]:
+        overrides: dict[str, Any] = {"model_dir": path}
+        tuning = getattr(previous, "tuning", None)
+        if tuning is not None:
+            overrides.update(
+                max_batch_size=tuning.max_batch_size,
+                intra_op_threads=tuning.intra_op_threads,
+                intra_op_spinning=tuning.intra_op_spinning,
+            )
+        engine = factory(settings.model_copy(update=overrides), metrics)
+        return engine, engine.package.manifest.version
+
+    return load
+
+
+def startup_models(settings: Settings, models: ModelRegistry[Any]) -> list[tuple[str, Path, str]]:
+    """(name, path, package) of the models to load: RELEVANCE_MODELS from the models
+    directory, else RELEVANCE_MODEL_DIR alone under its manifest's name (as before)."""
+    if settings.models:
+        return [(name, models.package_path(p), p) for name, p in settings.models.items()]
+    name = load_any_package(settings.model_dir).manifest.name
+    return [(name, settings.model_dir, settings.model_dir.name)]
+
+
+def drop_model_info(
+    metrics: Metrics, models: ModelRegistry[ScoringEngine], served: Served[ScoringEngine]
+) -> None:
+    """Drop a released version's ``relevance_model_info`` series unless another serves it."""
+
+    def labels(engine: ScoringEngine) -> tuple[str, str, str, str]:
+        m = engine.package.manifest
+        return (m.name, m.version, engine.scorer.variant, engine.scorer.provider)
+
+    gone = labels(served.engine)
+    if all(labels(models.current(n).engine) != gone for n in models.names):
+        with contextlib.suppress(KeyError):
+            metrics.model_info.remove(*gone)
+
+
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
     metrics: Metrics = app.state.metrics
+
+    def on_change() -> None:
+        # The default model's engine, for what has one engine in mind (/info's load, tests).
+        engine = models.current(models.default).engine
+        app.state.engine = engine
+        app.state.admission = engine.admission
+
+    models: ModelRegistry[ScoringEngine] = ModelRegistry(
+        settings.models_dir,
+        package_loader(settings, metrics, app.state.engine_factory),
+        metrics,
+        aliases=settings.model_aliases,
+        drain_timeout_s=settings.shutdown_timeout_s,
+        warmup_timeout_s=settings.swap_warmup_timeout_s,
+        on_change=on_change,
+        on_release=lambda served: drop_model_info(metrics, models, served),
+    )
     try:
-        engine = await asyncio.to_thread(app.state.engine_factory, settings, metrics)
+        await models.start(
+            startup_models(settings, models),
+            default=settings.default_model,
+            canary=settings.canary_model,
+            canary_share=settings.canary_share,
+        )
     except Exception as exc:
-        log.error("cannot load the model from %s: %s", settings.model_dir, exc)
+        log.error("cannot load the models: %s", exc)
         raise
+    for alias, target in settings.model_aliases.items():
+        if target not in models.names:
+            log.warning("model alias %s names %s, which is not loaded", alias, target)
+    # Ready when every loaded version is (engines set this gauge too; the registry decides).
+    metrics.ready.set_function(lambda: float(models.ready))
     shadow = TeacherShadow(
         metrics,
         loader=app.state.teacher_loader,
@@ -179,12 +264,10 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         queue_size=settings.shadow_queue_size,
         output_path=settings.shadow_output,
     )
-    await engine.start()
     await shadow.start()
     loop_lag = LoopLag()
     loop_lag.start()
-    app.state.engine = engine
-    app.state.admission = engine.admission
+    app.state.models = models
     app.state.shadow = shadow
     app.state.loop_lag = loop_lag
     try:
@@ -193,9 +276,10 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await loop_lag.stop()
         app.state.loop_lag = None
         # uvicorn has stopped accepting and let open requests finish; drain what is left.
-        log.info("shutting down: finishing %d queued pairs", engine.pending_pairs)
-        await engine.stop(settings.shutdown_timeout_s)
+        log.info("shutting down: finishing %d queued pairs", app.state.engine.pending_pairs)
+        await models.stop(settings.shutdown_timeout_s)
         await shadow.stop()
+        app.state.models = None
         app.state.engine = None
         app.state.admission = None
         app.state.shadow = None
@@ -300,6 +384,7 @@ def create_app(
     app.state.settings = settings
     app.state.metrics = metrics
     app.state.text_limits = text_limits(settings)
+    app.state.models = None
     app.state.engine = None
     app.state.admission = None
     app.state.shadow = None

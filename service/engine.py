@@ -213,6 +213,7 @@ class ScoringEngine:
         if self._tokenize_pool is not None:
             self._tokenize_pool.shutdown(wait=False, cancel_futures=True)
         self.scorer.close()
+        self.cache.clear()  # another version (a hot swap) may serve on; free this one's
         self.status = "stopped"
 
     async def _warmup(self) -> None:

@@ -133,3 +133,23 @@ class ShadowTimeout(DeadlineExceeded):
 class Unauthorized(ServiceError):
     status_code = 401
     error_type = "unauthorized"
+
+
+class ModelNotFound(ServiceError):
+    """A request named a model that is not loaded (404, as vLLM and OpenAI answer it)."""
+
+    status_code = 404
+    error_type = "model_not_found"
+
+
+class PackageRefused(InvalidInput):
+    """Admin: a package failed its checksums, could not be loaded or did not warm up."""
+
+    error_type = "package_refused"
+
+
+class Conflict(ServiceError):
+    """Admin: the change contradicts the current state (unloading the default model)."""
+
+    status_code = 409
+    error_type = "conflict"

@@ -35,6 +35,8 @@ BATCH_TOKEN_BUCKETS = (64, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768, 65536
 RATIO_BUCKETS = (0.0, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
 DIFF_BUCKETS = (0.01, 0.02, 0.05, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0)
 CORRELATION_BUCKETS = (-0.5, 0.0, 0.2, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 1.0)
+# Scores in [0, 1] in twentieths: fine enough to compare two versions' distributions.
+SCORE_BUCKETS = tuple(i / 20 for i in range(1, 21))
 
 
 class RollingRatio:
@@ -274,6 +276,40 @@ class Metrics:
             registry=r,
         )
         self.ready = Gauge("relevance_ready", "1 once the model is warmed up.", registry=r)
+
+        # Model versions, hot swap and canary (service.models): labelled by serving name
+        # and package version, so two versions are compared on live traffic.
+        self.served_models = Gauge(
+            "relevance_served_model_info",
+            "Versions serving each model name (value 1); a swapped-out one disappears.",
+            ["model", "version", "package"],
+            registry=r,
+        )
+        self.canary_share = Gauge(
+            "relevance_canary_share_ratio",
+            "Share of the requests naming no model that the canary takes (0 = no canary).",
+            registry=r,
+        )
+        self.model_requests = Counter(
+            "relevance_model_requests_total",
+            "Scoring requests by the model and version chosen, and how (default, canary, named).",
+            ["model", "version", "route"],
+            registry=r,
+        )
+        self.model_latency = Histogram(
+            "relevance_model_request_duration_seconds",
+            "Time from a request's model being chosen to its scores, by model and version.",
+            ["model", "version"],
+            buckets=LATENCY_BUCKETS_S,
+            registry=r,
+        )
+        self.model_scores = Histogram(
+            "relevance_model_score",
+            "Scores returned, by model and version (the distribution a canary is judged on).",
+            ["model", "version"],
+            buckets=SCORE_BUCKETS,
+            registry=r,
+        )
 
         # Teacher shadow
         self.shadow_requests = Counter(

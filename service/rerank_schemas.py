@@ -24,6 +24,7 @@ from pydantic import (
 # Optional fields are typed without None and default to None: absent is None, JSON null
 # is refused (see service.schemas.OptionalTexts).
 from service.schemas import (
+    MODEL_FIELD,
     QUERY_SCHEMA,
     ItemText,
     JsonBool,
@@ -94,7 +95,7 @@ class CohereRerankRequest(BaseModel):
         }
     )
 
-    model: str = Field(None, description="Echoed back; the served package scores.")
+    model: str = Field(None, description=MODEL_FIELD)
     query: Text = Field(description="Must not be blank.", json_schema_extra=QUERY_SCHEMA)
     documents: list[Document] = Field(
         min_length=1, description="Strings, or objects whose `text` is ranked; not blank."
@@ -135,7 +136,7 @@ class InfinityRerankRequest(BaseModel):
         }
     )
 
-    model: str = Field(None, description="Echoed back.")
+    model: str = Field(None, description=MODEL_FIELD)
     query: Text = Field(json_schema_extra=QUERY_SCHEMA)
     documents: list[ItemText] = Field(min_length=1, description="Not blank.")
     top_n: PositiveJsonInt = None
@@ -177,7 +178,7 @@ class CohereRerankResponse(BaseModel):
     """Cohere's rerank answer (v1 and v2), with Jina's ``model`` as well."""
 
     id: str
-    model: str = Field(description="The model the request named, else the served package.")
+    model: str = Field(description="The model that scored (its serving name).")
     results: list[RankedResult] = Field(description="Best first.")
     meta: ApiMeta
 

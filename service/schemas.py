@@ -78,6 +78,13 @@ def _valid_unicode(value: str) -> str:
 
 Text = Annotated[str, AfterValidator(_valid_unicode)]
 
+# A model's name as a request gives it (a loaded serving name or an alias of one).
+ModelName = Annotated[str, Field(min_length=1, max_length=256)]
+MODEL_FIELD = (
+    "A loaded model's name (GET /v1/models lists them; 404 otherwise); unset = the default "
+    "model, or the canary for its share of queries."
+)
+
 
 def _not_blank(value: str) -> str:
     if not value.strip():
@@ -108,8 +115,8 @@ class ScoreItem(BaseModel):
     text: ItemText = Field(description="Item text, e.g. the product title; not blank.")
 
 
-class ScoreRequest(BaseModel):
-    """One query and its candidate items."""
+class _ScoreBody(BaseModel):
+    """One query and its candidate items (the fields /score and /shadow/score share)."""
 
     model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [SCORE_EXAMPLE]})
 
@@ -162,6 +169,11 @@ class ScoreRequest(BaseModel):
             seen.add(item.id)
         return items
 
+
+class ScoreRequest(_ScoreBody):
+    """One query and its candidate items, scored by the named model or the default."""
+
+    model: ModelName | None = Field(None, description=MODEL_FIELD)
     cascade_top_k: NonNegativeJsonInt | None = Field(None, description=CASCADE_FIELD)
     # Positions of the items sent as plain strings: their id is only their index.
     _plain: frozenset[int] = PrivateAttr(default_factory=frozenset)
@@ -182,11 +194,13 @@ class ScoreRequest(BaseModel):
         return [None if i in self._plain else item.id for i, item in enumerate(self.items)]
 
 
-class ShadowScoreRequest(ScoreRequest):
+class ShadowScoreRequest(_ScoreBody):
     """``/score``'s request for the teacher (its own schema: a lower item limit)."""
 
 
 class ModelRef(BaseModel):
+    """The model that scored a request: its serving name and its package's version."""
+
     name: str
     version: str
 
@@ -243,7 +257,7 @@ class RerankRequest(BaseModel):
         }
     )
 
-    model: str = Field(None, description="Echoed back (vLLM, Infinity); the served package scores.")
+    model: str = Field(None, description=MODEL_FIELD)
     query: Text = Field(json_schema_extra=QUERY_SCHEMA)
     texts: OptionalTexts = Field(None, description="TEI's candidates; not blank.")
     documents: OptionalTexts = Field(
@@ -290,6 +304,29 @@ class ShadowRateUpdate(BaseModel):
     mirror_rate: JsonFloat = Field(ge=0, le=1)
 
 
+class ModelPackageUpdate(BaseModel):
+    """Admin: serve a model name with a package of the models directory (by name)."""
+
+    model_config = ConfigDict(
+        extra="forbid", json_schema_extra={"examples": [{"package": "minilm-homedepot"}]}
+    )
+
+    package: str = Field(
+        min_length=1,
+        max_length=128,
+        description="A directory name in RELEVANCE_MODELS_DIR (never a path).",
+    )
+
+
+class CanaryUpdate(BaseModel):
+    """Admin: send a share of the requests that name no model to another loaded model."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: ModelName = Field(description="A loaded model, not the default.")
+    share: JsonFloat = Field(ge=0, le=1, description="Share of queries, sticky per query.")
+
+
 class ErrorBody(BaseModel):
     """Every error answer: a message naming the field, a kind, and the field."""
 
@@ -300,6 +337,7 @@ class ErrorBody(BaseModel):
 
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     # 400 is not listed: a body that cannot be parsed at all is a 422 like malformed JSON.
+    404: {"model": ErrorBody, "description": "The model named is not loaded."},
     413: {"model": ErrorBody, "description": "Too many items, a text too long, or body too big."},
     415: {"model": ErrorBody, "description": "The body is not application/json."},
     422: {"model": ErrorBody, "description": "Invalid field; the message names it."},

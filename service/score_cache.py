@@ -8,7 +8,9 @@ entering admission's queue or the batcher, and a partly cached one sends only it
 * **Key**: a 16-byte BLAKE2b digest of (package name, version, graph variant, query, item
   text), the texts as scored (after the character limits). Another model never reads this
   model's entries, and :meth:`ScoreCache.bind` empties the cache when the engine loads
-  another model, so stale entries do not even take up room.
+  another model, so stale entries do not even take up room. Each loaded model version has
+  its own engine and cache (:mod:`service.models`): a swap starts the new version on an
+  empty cache, and the old one's is emptied when its engine stops.
 * **Value**: the logit (the activation is applied on the way out, as for scored pairs) and
   whether the tokenizer cut the text: a cut text is a miss for a request that asked not to
   be truncated, so that request still gets its 413.
@@ -57,6 +59,9 @@ class ScoreCache:
         self._metrics = metrics
         self._entries: OrderedDict[bytes, tuple[float, bool]] = OrderedDict()
         self._model = ""
+        # What this cache last added to the gauges: several engines (model versions) each
+        # hold a cache, and the gauges report their sum.
+        self._reported = (0, 0)
 
     @staticmethod
     def model_key(name: str, version: str, variant: str) -> str:
@@ -158,5 +163,7 @@ class ScoreCache:
 
     def _gauge(self) -> None:
         if self._metrics is not None:
-            self._metrics.cache_bytes.set(self.bytes)
-            self._metrics.cache_entries.set(len(self._entries))
+            now = (self.bytes, len(self._entries))
+            self._metrics.cache_bytes.inc(now[0] - self._reported[0])
+            self._metrics.cache_entries.inc(now[1] - self._reported[1])
+            self._reported = now

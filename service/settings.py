@@ -7,13 +7,33 @@ environment. Components never see this object: the app unpacks plain values for 
 
 from __future__ import annotations
 
+import json
+import re
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 DEFAULT_MODEL_DIR = Path("models/minilm-homedepot")
+DEFAULT_MODELS_DIR = Path("models")
+# A serving or package name: one path segment (service.models.NAME_PATTERN).
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+
+
+def _name_map(value: object) -> object:
+    """``{"a": "b"}`` as JSON, or ``a=b,c`` (``c`` alone means ``c=c``), as a dict."""
+    if not isinstance(value, str):
+        return value
+    text = value.strip()
+    if text.startswith("{"):
+        return json.loads(text)
+    pairs = (entry.strip().partition("=") for entry in text.split(",") if entry.strip())
+    return {name.strip(): (target.strip() or name.strip()) for name, _, target in pairs}
+
+
+# Settings are frozen: a mapping field holds a plain dict that nothing mutates.
+NameMap = Annotated[dict[str, str], NoDecode]
 DEFAULT_MAX_BATCH_SIZE = 64  # when neither the settings nor the ladder choose
 
 
@@ -31,7 +51,35 @@ class Settings(BaseSettings):
     )
 
     # Model and execution provider
-    model_dir: Path = DEFAULT_MODEL_DIR
+    model_dir: Path = Field(
+        DEFAULT_MODEL_DIR,
+        description="The one package served when RELEVANCE_MODELS is unset, under its "
+        "manifest's name.",
+    )
+    models_dir: Path = Field(
+        DEFAULT_MODELS_DIR,
+        description="Where packages are named from: RELEVANCE_MODELS and the admin API name "
+        "directories in it, never paths.",
+    )
+    models: NameMap = Field(
+        default_factory=dict,
+        description="Models loaded at start: serving name -> package directory in models_dir, "
+        "as JSON or 'name=package,other' (a bare entry is name=package); empty = model_dir.",
+    )
+    default_model: str | None = Field(
+        None, description="The model a request naming none gets; unset = the first of models."
+    )
+    model_aliases: NameMap = Field(
+        default_factory=dict,
+        description="Other names clients send (e.g. 'rerank-english-v3.0') -> a loaded model.",
+    )
+    canary_model: str | None = Field(
+        None, description="A loaded model that takes canary_share of the requests naming none."
+    )
+    canary_share: float = Field(0.0, ge=0, le=1)
+    swap_warmup_timeout_s: float = Field(
+        120.0, gt=0, description="Admin hot swap: longest a new version may take to warm up."
+    )
     provider: Literal["cpu", "cuda"] = "cpu"
     variant: Literal["auto", "fp32", "fp16", "int8"] = Field(
         "auto",
@@ -177,6 +225,16 @@ class Settings(BaseSettings):
         # RELEVANCE_TEACHER_DIR= (set but empty, as `make serve TEACHER_DIR=` gives) is "off".
         return None if isinstance(value, str) and not value.strip() else value
 
+    _parse_name_maps = field_validator("models", "model_aliases", mode="before")(_name_map)
+
+    @field_validator("models", "model_aliases")
+    @classmethod
+    def _plain_names(cls, value: dict[str, str]) -> dict[str, str]:
+        for name in (*value, *value.values()):
+            if not _NAME.fullmatch(name):
+                raise ValueError(f"{name!r} is not a name (letters, digits, '._-'; no path)")
+        return value
+
     @field_validator("item_preload", "cascade_model_dir", mode="before")
     @classmethod
     def _empty_means_none(cls, value: object) -> object:
@@ -192,4 +250,14 @@ class Settings(BaseSettings):
     def _check_bounds(self) -> Settings:
         if self.default_deadline_ms > self.max_deadline_ms:
             raise ValueError("default_deadline_ms must not exceed max_deadline_ms")
+        if self.models:
+            for key in ("default_model", "canary_model"):
+                name = getattr(self, key)
+                if name is not None and name not in self.models:
+                    raise ValueError(f"{key} {name!r} is not one of models {sorted(self.models)}")
+        if self.canary_model is not None:
+            if not self.models:
+                raise ValueError("canary_model needs models (RELEVANCE_MODELS) naming it")
+            if self.canary_model == (self.default_model or next(iter(self.models))):
+                raise ValueError("canary_model must not be the default model")
         return self

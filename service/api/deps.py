@@ -1,4 +1,4 @@
-"""Shared FastAPI dependencies: settings, engine, shadow, metrics from ``app.state``.
+"""Shared FastAPI dependencies: settings, models, engine, shadow, metrics from ``app.state``.
 
 All ``async def``: FastAPI runs a plain ``def`` dependency on a worker thread, which for
 these lookups would cost thread hand-offs (and worker threads) on every request.
@@ -14,6 +14,7 @@ from service.engine import ScoringEngine
 from service.errors import NotReady, UnsupportedMediaType
 from service.features import TextLimits
 from service.metrics import Metrics
+from service.models import ModelRegistry
 from service.settings import Settings
 from service.shadow import TeacherShadow
 
@@ -27,7 +28,16 @@ async def get_metrics(request: Request) -> Metrics:
     return request.app.state.metrics
 
 
+async def get_models(request: Request) -> ModelRegistry[ScoringEngine]:
+    """The loaded models by name (the scoring routes lease the version each request gets)."""
+    models: ModelRegistry[ScoringEngine] | None = getattr(request.app.state, "models", None)
+    if models is None:
+        raise NotReady("the model is not loaded yet")
+    return models
+
+
 async def get_engine(request: Request) -> ScoringEngine:
+    """The default model's current engine."""
     engine: ScoringEngine | None = getattr(request.app.state, "engine", None)
     if engine is None:
         raise NotReady("the model is not loaded yet")

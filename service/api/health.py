@@ -10,7 +10,9 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from service.admission import Admission
 from service.api.deps import get_metrics, get_settings
+from service.errors import NotReady
 from service.metrics import Metrics
+from service.models import ModelRegistry
 from service.settings import Settings
 
 router = APIRouter()
@@ -27,10 +29,10 @@ async def healthz() -> dict[str, str]:
     responses={503: {"description": "Loading, warming up, draining or failed."}},
 )
 async def readyz(request: Request) -> JSONResponse:
-    engine = getattr(request.app.state, "engine", None)
-    if engine is not None and engine.ready:
+    models = getattr(request.app.state, "models", None)
+    if models is not None and models.ready:
         return JSONResponse({"status": "ready"})
-    status = engine.status if engine is not None else "loading"
+    status = models.status if models is not None else "loading"
     return JSONResponse({"status": status}, status_code=503)
 
 
@@ -39,9 +41,12 @@ async def info(
     request: Request, settings: Annotated[Settings, Depends(get_settings)]
 ) -> dict[str, Any]:
     engine = getattr(request.app.state, "engine", None)
+    models: ModelRegistry[Any] | None = getattr(request.app.state, "models", None)
     shadow = getattr(request.app.state, "shadow", None)
     return {
+        # The default model's engine in full; every loaded model in "models".
         "model": engine.info() if engine is not None else {"status": "loading"},
+        "models": models.describe() if models is not None else None,
         "limits": {
             "max_items": settings.max_items,
             "max_query_chars": settings.max_query_chars,
@@ -78,6 +83,35 @@ def _load(request: Request) -> dict[str, Any]:
     return {
         "loop_lag_ms": round(lag.lag_s * 1000, 1) if lag is not None else None,
         **(admission.load() if admission is not None else unknown),
+    }
+
+
+@router.get(
+    "/v1/models",
+    summary="Loaded models (OpenAI's and vLLM's list shape)",
+    description="Each loaded model's serving name (what a request's `model` gives), its "
+    "package and version; `default` marks the one a request naming none gets.",
+)
+async def list_models(request: Request) -> dict[str, Any]:
+    models: ModelRegistry[Any] | None = getattr(request.app.state, "models", None)
+    if models is None:
+        raise NotReady("the model is not loaded yet")
+    return {
+        "object": "list",
+        "data": [
+            {
+                "id": served["name"],
+                "object": "model",
+                "created": int(served["loaded_at"]),
+                "owned_by": "relevance-service",
+                "package": served["package"],
+                "version": served["version"],
+                "ready": served["ready"],
+                "default": served["name"] == models.default,
+                "canary_share": models.canary_share if served["name"] == models.canary else 0.0,
+            }
+            for served in models.describe()["models"]
+        ],
     }
 
 

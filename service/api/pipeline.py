@@ -22,6 +22,7 @@ from service.engine import EngineResult, ScoringEngine
 from service.errors import DeadlineExceeded, InputTooLong, InvalidInput, PayloadTooLarge
 from service.features import TextLimits
 from service.middleware import arrival_time
+from service.models import Lease, ModelRegistry
 from service.settings import Settings
 from service.shadow import TeacherShadow
 
@@ -54,8 +55,7 @@ class ScoringCall:
     max_items: int
     fields: FieldNames
     deadline_ms: int | None = None
-    # The model the client named (the shapes that carry one), passed along for the
-    # backends to come; today the one loaded package scores every call.
+    # The model the client named (the shapes that carry one); None: the default or canary.
     model: str | None = None
     # False: score every pair with the model, reading nothing from the score cache.
     cache: bool = True
@@ -88,13 +88,18 @@ class Backend(Protocol[R]):
 
 
 class StudentBackend:
-    """The student model through the engine; admission learns each request's overhead."""
+    """The student model through the engine; admission learns each request's overhead.
 
-    def __init__(self, engine: ScoringEngine) -> None:
+    With a ``lease`` (the model version chosen for the request), its per-model latency and
+    score distribution are counted.
+    """
+
+    def __init__(self, engine: ScoringEngine, lease: Lease[ScoringEngine] | None = None) -> None:
         self.engine = engine
+        self.lease = lease
 
     async def score(self, call: ScoringCall, deadline: float, arrived: float) -> EngineResult:
-        return await self.engine.score(
+        result = await self.engine.score(
             call.query,
             call.texts,
             deadline=deadline,
@@ -103,6 +108,9 @@ class StudentBackend:
             use_cache=call.cache,
             **representation_options(self.engine, call),
         )
+        if self.lease is not None:
+            self.lease.scored(result.scores)
+        return result
 
     def account(self, result: EngineResult, outside_s: float) -> None:
         # Tokenizing happens inside the engine but outside the queue and the model.
@@ -156,6 +164,31 @@ async def serve(
     out = answer(result)
     backend.account(result, (started - arrived) + (time.monotonic() - ended))
     return out
+
+
+async def serve_model(
+    request: Request,
+    response: Response,
+    settings: Settings,
+    call: ScoringCall,
+    models: ModelRegistry[ScoringEngine],
+    answer: Callable[[EngineResult, Lease[ScoringEngine]], T],
+) -> T:
+    """:func:`serve` on the model version chosen for the call (named, canary or default).
+
+    The version is held from the choice to the answer, so a hot swap meanwhile lets this
+    request finish on it; the answer's headers name it (``x-model-name``, ``x-model-version``).
+    """
+    with models.lease(call.model, call.query) as lease:
+        response.headers["x-model-name"] = lease.served.name
+        response.headers["x-model-version"] = lease.served.version
+        return await serve(
+            request,
+            settings,
+            call,
+            StudentBackend(lease.engine, lease),
+            lambda result: answer(result, lease),
+        )
 
 
 def representation_options(engine: object, call: ScoringCall) -> dict[str, Any]:

@@ -25,20 +25,20 @@ from typing import Annotated
 import numpy as np
 from fastapi import APIRouter, Depends, Request, Response
 
-from service.api.deps import get_engine, get_settings, require_json
+from service.api.deps import get_models, get_settings, require_json
 from service.api.pipeline import (
     DOCUMENTS_FIELDS,
     RERANK_FIELDS,
     FieldNames,
     ScoringCall,
-    StudentBackend,
     ranked,
-    serve,
+    serve_model,
     timing_headers,
 )
 from service.engine import EngineResult, ScoringEngine
 from service.errors import InvalidInput
 from service.middleware import arrival_time
+from service.models import Lease, ModelRegistry
 from service.rerank_schemas import (
     ApiMeta,
     ApiVersion,
@@ -60,7 +60,8 @@ from service.settings import Settings
 router = APIRouter(dependencies=[Depends(require_json)], responses=ERROR_RESPONSES)
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
-EngineDep = Annotated[ScoringEngine, Depends(get_engine)]
+ModelsDep = Annotated[ModelRegistry[ScoringEngine], Depends(get_models)]
+Shape = Callable[[EngineResult, Lease[ScoringEngine]], object]
 
 
 def _rerank_id() -> str:
@@ -88,15 +89,15 @@ async def _serve_ranked(
     request: Request,
     response: Response,
     settings: Settings,
-    engine: ScoringEngine,
+    models: ModelRegistry[ScoringEngine],
     call: ScoringCall,
-    shape: Callable[[EngineResult], object],
+    shape: Shape,
 ) -> object:
-    def answer(result: EngineResult) -> object:
+    def answer(result: EngineResult, lease: Lease[ScoringEngine]) -> object:
         timing_headers(response, time.monotonic() - arrival_time(request.scope), result)
-        return shape(result)
+        return shape(result, lease)
 
-    return await serve(request, settings, call, StudentBackend(engine), answer)
+    return await serve_model(request, response, settings, call, models, answer)
 
 
 @router.post(
@@ -116,7 +117,7 @@ async def rerank(
     request: Request,
     response: Response,
     settings: SettingsDep,
-    engine: EngineDep,
+    models: ModelsDep,
 ) -> object:
     if body.texts is not None and body.documents is not None:
         raise InvalidInput(
@@ -131,7 +132,7 @@ async def rerank(
     if body.texts is not None:
         texts = body.texts
 
-        def tei(result: EngineResult) -> list[RerankResult]:
+        def tei(result: EngineResult, lease: Lease[ScoringEngine]) -> list[RerankResult]:
             values = _values(result, body.raw_scores)
             return [
                 RerankResult(
@@ -150,14 +151,14 @@ async def rerank(
             body.cache,
             body.cascade_top_k,
         )
-        return await _serve_ranked(request, response, settings, engine, call, tei)
+        return await _serve_ranked(request, response, settings, models, call, tei)
 
     documents = body.documents or []
 
-    def vllm(result: EngineResult) -> VllmRerankResponse:
+    def vllm(result: EngineResult, lease: Lease[ScoringEngine]) -> VllmRerankResponse:
         return VllmRerankResponse(
             id=_rerank_id(),
-            model=body.model or engine.package.manifest.name,
+            model=lease.served.name,
             results=_ranked_results(
                 _values(result, body.raw_scores), documents, body.top_n, body.return_documents
             ),
@@ -173,7 +174,7 @@ async def rerank(
         body.cache,
         body.cascade_top_k,
     )
-    return await _serve_ranked(request, response, settings, engine, call, vllm)
+    return await _serve_ranked(request, response, settings, models, call, vllm)
 
 
 @router.post(
@@ -191,13 +192,13 @@ async def infinity_rerank(
     request: Request,
     response: Response,
     settings: SettingsDep,
-    engine: EngineDep,
+    models: ModelsDep,
 ) -> object:
-    def infinity(result: EngineResult) -> InfinityRerankResponse:
+    def infinity(result: EngineResult, lease: Lease[ScoringEngine]) -> InfinityRerankResponse:
         values = _values(result, body.raw_scores)
         return InfinityRerankResponse(
             id=_rerank_id(),
-            model=body.model or engine.package.manifest.name,
+            model=lease.served.name,
             created=int(time.time()),
             results=[
                 InfinityRankedResult(
@@ -212,7 +213,7 @@ async def infinity_rerank(
     call = _call(
         body.query, body.documents, settings, DOCUMENTS_FIELDS, True, body.model, body.cache
     )
-    return await _serve_ranked(request, response, settings, engine, call, infinity)
+    return await _serve_ranked(request, response, settings, models, call, infinity)
 
 
 async def _cohere(
@@ -221,14 +222,14 @@ async def _cohere(
     request: Request,
     response: Response,
     settings: Settings,
-    engine: ScoringEngine,
+    models: ModelRegistry[ScoringEngine],
 ) -> object:
     texts = [document_text(d) for d in body.documents]
 
-    def cohere(result: EngineResult) -> CohereRerankResponse:
+    def cohere(result: EngineResult, lease: Lease[ScoringEngine]) -> CohereRerankResponse:
         return CohereRerankResponse(
             id=_rerank_id(),
-            model=body.model or engine.package.manifest.name,
+            model=lease.served.name,
             results=_ranked_results(result.scores, texts, body.top_n, body.return_documents),
             meta=ApiMeta(
                 api_version=ApiVersion(version=version), billed_units=BilledUnits(search_units=1)
@@ -236,7 +237,7 @@ async def _cohere(
         )
 
     call = _call(body.query, texts, settings, DOCUMENTS_FIELDS, True, body.model, body.cache)
-    return await _serve_ranked(request, response, settings, engine, call, cohere)
+    return await _serve_ranked(request, response, settings, models, call, cohere)
 
 
 COHERE_ANSWER = (
@@ -259,9 +260,9 @@ async def cohere_v1_rerank(
     request: Request,
     response: Response,
     settings: SettingsDep,
-    engine: EngineDep,
+    models: ModelsDep,
 ) -> object:
-    return await _cohere("1", body, request, response, settings, engine)
+    return await _cohere("1", body, request, response, settings, models)
 
 
 @router.post(
@@ -276,9 +277,9 @@ async def cohere_v2_rerank(
     request: Request,
     response: Response,
     settings: SettingsDep,
-    engine: EngineDep,
+    models: ModelsDep,
 ) -> object:
-    return await _cohere("2", body, request, response, settings, engine)
+    return await _cohere("2", body, request, response, settings, models)
 
 
 def _call(

@@ -13,20 +13,28 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Request, Response
 
-from service.api.deps import get_engine, get_settings, get_shadow, get_text_limits, require_json
+from service.api.deps import (
+    get_engine,
+    get_models,
+    get_settings,
+    get_shadow,
+    get_text_limits,
+    require_json,
+)
 from service.api.pipeline import (
     SCORE_FIELDS,
     ScoringCall,
-    StudentBackend,
     TeacherBackend,
     TeacherResult,
     ranked,
     serve,
+    serve_model,
     timing_headers,
 )
 from service.engine import EngineResult, ScoringEngine
 from service.features import TextLimits
 from service.middleware import arrival_time
+from service.models import Lease, ModelRegistry
 from service.schemas import (
     ERROR_RESPONSES,
     ItemScore,
@@ -43,6 +51,7 @@ router = APIRouter(dependencies=[Depends(require_json)], responses=ERROR_RESPONS
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 EngineDep = Annotated[ScoringEngine, Depends(get_engine)]
+ModelsDep = Annotated[ModelRegistry[ScoringEngine], Depends(get_models)]
 ShadowDep = Annotated[TeacherShadow, Depends(get_shadow)]
 LimitsDep = Annotated[TextLimits, Depends(get_text_limits)]
 
@@ -54,7 +63,8 @@ LimitsDep = Annotated[TextLimits, Depends(get_text_limits)]
     description=(
         "Scores are in [0, 1] (higher is more relevant), returned in input order, or the "
         "best `top_k` ranked. Pairs from concurrent requests share inference batches; the "
-        "scores do not depend on what else is in a batch."
+        "scores do not depend on what else is in a batch. `model` picks a loaded model "
+        "(404 when none has that name); the answer's `model` names the one that scored."
     ),
 )
 async def score(
@@ -62,11 +72,10 @@ async def score(
     request: Request,
     response: Response,
     settings: SettingsDep,
-    engine: EngineDep,
+    models: ModelsDep,
     shadow: ShadowDep,
 ) -> ScoreResponse:
     ids = [item.id for item in body.items]
-    manifest = engine.package.manifest
     call = ScoringCall(
         query=body.query,
         texts=[item.text for item in body.items],
@@ -74,13 +83,14 @@ async def score(
         max_items=settings.max_items,
         fields=SCORE_FIELDS,
         deadline_ms=body.deadline_ms,
+        model=body.model,
         cache=body.cache,
         item_ids=body.item_ids(),
         cascade_top_k=body.cascade_top_k,
     )
 
-    def answer(result: EngineResult) -> ScoreResponse:
-        classify = manifest.score.classify
+    def answer(result: EngineResult, lease: Lease[ScoringEngine]) -> ScoreResponse:
+        classify = lease.engine.package.manifest.score.classify
         order = ranked(result.scores, body.top_k) if body.top_k else range(len(ids))
         scores = [
             ItemScore(
@@ -92,7 +102,7 @@ async def score(
         timing_headers(response, total_s, result)
         shadow.mirror(result.query, ids, result.texts, result.scores)
         return ScoreResponse(
-            model=ModelRef(name=manifest.name, version=manifest.version),
+            model=ModelRef(name=lease.served.name, version=lease.served.version),
             scores=scores,
             timing=Timing(
                 total_ms=total_s * 1000,
@@ -104,7 +114,7 @@ async def score(
             truncated=int(result.truncated.sum()),
         )
 
-    return await serve(request, settings, call, StudentBackend(engine), answer)
+    return await serve_model(request, response, settings, call, models, answer)
 
 
 @router.post(

@@ -32,6 +32,8 @@ def service_url(
             service_argv(tiny_model_package, port),
             port,
             log_dir=tmp_path_factory.mktemp("client-service"),
+            # The clients name the production model; here the tiny package answers to it.
+            env={"RELEVANCE_MODEL_ALIASES": "minilm-homedepot=tiny"},
         )
     with running(server, "/readyz", timeout_s=120):
         yield server.url

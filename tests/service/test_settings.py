@@ -41,3 +41,33 @@ def test_cli_flags_override_env(monkeypatch: pytest.MonkeyPatch) -> None:
     settings = parse_settings(["--port", "8123", "--model", "/cli/model"])
     assert settings.port == 8123 and settings.model_dir == Path("/cli/model")
     assert settings.host == "0.0.0.0"  # no flag given: the environment stays
+
+
+def test_models_and_aliases_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RELEVANCE_MODELS", "minilm-homedepot, candidate=minilm-homedepot-1.3.0")
+    monkeypatch.setenv("RELEVANCE_MODEL_ALIASES", '{"rerank-english-v3.0": "minilm-homedepot"}')
+    monkeypatch.setenv("RELEVANCE_CANARY_MODEL", "candidate")
+    monkeypatch.setenv("RELEVANCE_CANARY_SHARE", "0.1")
+    settings = Settings()
+    assert settings.models == {
+        "minilm-homedepot": "minilm-homedepot",
+        "candidate": "minilm-homedepot-1.3.0",
+    }
+    assert settings.model_aliases == {"rerank-english-v3.0": "minilm-homedepot"}
+    assert (settings.canary_model, settings.canary_share) == ("candidate", 0.1)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"models": {"a": "../elsewhere"}}, "not a name"),
+        ({"models": "a=pkg/sub"}, "not a name"),
+        ({"models": {"a": "a"}, "default_model": "b"}, "default_model"),
+        ({"models": {"a": "a", "b": "b"}, "canary_model": "a"}, "must not be the default"),
+        ({"canary_model": "b"}, "canary_model needs models"),
+        ({"models": {"a": "a", "b": "b"}, "canary_model": "b", "canary_share": 1.5}, "share"),
+    ],
+)
+def test_model_settings_are_checked(overrides: dict[str, object], message: str) -> None:
+    with pytest.raises(ValidationError, match=message):
+        Settings(**overrides)  # type: ignore[arg-type]
