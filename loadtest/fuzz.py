@@ -11,7 +11,8 @@ against these rules, which are this service's, not schemathesis' defaults:
   what the mutation broke);
 * schema-valid input is accepted, except for limits no JSON Schema can state: 413 (a text
   over the model's token length with ``truncate: false``), 422 for duplicate item ids,
-  404 for a ``model`` that is not loaded (the loaded names change at run time),
+  404 for a ``model`` that is not loaded or a ``package`` the models directory lacks
+  (both change at run time),
   401 on an admin endpoint without the token, 429 when the queue is full.
 
 Failures are collected, not raised, so one run counts all of them; callers assert on
@@ -143,7 +144,7 @@ def _tolerated(failure: Any, status: int, text: str) -> bool:
     if code != "ST202":
         return False
     return (status == 422 and "duplicate id" in text) or (
-        status == 404 and '"model_not_found"' in text
+        status == 404 and ('"model_not_found"' in text or '"package_not_found"' in text)
     )
 
 

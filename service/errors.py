@@ -142,6 +142,13 @@ class ModelNotFound(ServiceError):
     error_type = "model_not_found"
 
 
+class PackageNotFound(ServiceError):
+    """Admin: no package directory of that name in the models directory."""
+
+    status_code = 404
+    error_type = "package_not_found"
+
+
 class PackageRefused(InvalidInput):
     """Admin: a package failed its checksums, could not be loaded or did not warm up."""
 

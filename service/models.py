@@ -34,13 +34,21 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Generic, Literal, Protocol, TypeVar
 
-from service.errors import Conflict, InvalidInput, ModelNotFound, NotReady, PackageRefused
+from service.errors import (
+    Conflict,
+    InvalidInput,
+    ModelNotFound,
+    NotReady,
+    PackageNotFound,
+    PackageRefused,
+)
 from service.metrics import Metrics
 from service.model_package import ModelPackageError
 
 log = logging.getLogger(__name__)
 
-# Serving names and package names: one path segment, no dot first (so no "." or "..").
+# Serving names and package names: one path segment, no dot first (so no "." or "..");
+# the admin API's schema publishes the same pattern (service.schemas.NAME_PATTERN).
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 Route = Literal["default", "canary", "named"]
 
@@ -203,16 +211,16 @@ class ModelRegistry(Generic[E]):
 
     # ------------------------------------------------------------------ names
     def package_path(self, package: str) -> Path:
-        """The directory of the package named ``package`` in the models directory, or 422.
+        """The directory of the package named ``package`` in the models directory.
 
-        Never a path from the request: a plain name, and the directory it names must sit
-        directly in the models directory (a symlink out of it is refused too).
+        Never a path from the request: a plain name (else 422), and the directory it names
+        must sit directly in the models directory (else 404; a symlink out of it too).
         """
         check_name(package, "package")
         root = self.models_dir.resolve()
         path = self.models_dir / package
         if not path.is_dir() or path.resolve().parent != root:
-            raise InvalidInput(
+            raise PackageNotFound(
                 f"package: no package directory {package!r} in the models directory "
                 f"(has {self.packages()})",
                 field="package",

@@ -78,6 +78,9 @@ def _valid_unicode(value: str) -> str:
 
 Text = Annotated[str, AfterValidator(_valid_unicode)]
 
+# A serving name or a package name in the admin API: one path segment, never a path
+# (service.models.NAME_PATTERN checks the same).
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
 # A model's name as a request gives it (a loaded serving name or an alias of one).
 ModelName = Annotated[str, Field(min_length=1, max_length=256)]
 MODEL_FIELD = (
@@ -312,9 +315,9 @@ class ModelPackageUpdate(BaseModel):
     )
 
     package: str = Field(
-        min_length=1,
-        max_length=128,
-        description="A directory name in RELEVANCE_MODELS_DIR (never a path).",
+        pattern=NAME_PATTERN,
+        description="A directory name in RELEVANCE_MODELS_DIR (never a path): letters, digits, "
+        "'.', '_' or '-', not starting with '.', '_' or '-'.",
     )
 
 

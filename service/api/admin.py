@@ -12,7 +12,7 @@ from __future__ import annotations
 import secrets
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Header
+from fastapi import APIRouter, Depends, Header, Path
 
 from service.api.deps import get_models, get_settings, get_shadow, require_json
 from service.engine import ScoringEngine
@@ -20,6 +20,7 @@ from service.errors import Unauthorized
 from service.models import ModelRegistry
 from service.schemas import (
     ERROR_RESPONSES,
+    NAME_PATTERN,
     CanaryUpdate,
     ErrorBody,
     ModelPackageUpdate,
@@ -29,6 +30,7 @@ from service.settings import Settings
 from service.shadow import TeacherShadow
 
 ModelsDep = Annotated[ModelRegistry[ScoringEngine], Depends(get_models)]
+NameParam = Annotated[str, Path(pattern=NAME_PATTERN, description="The serving name.")]
 
 
 async def require_admin(
@@ -78,11 +80,12 @@ async def list_models(models: ModelsDep) -> dict[str, Any]:
         "verified against its checksums, loaded and warmed up; then `name` switches to it "
         "at once, requests already scoring finish on the old version, and the old version "
         "is released once they have. Answers when the new version serves; 422 naming "
-        "`package` when it is refused (the current version keeps serving)."
+        "`package` when it is refused (the current version keeps serving), 404 when the "
+        "models directory has no such package."
     ),
     dependencies=[Depends(require_json)],
 )
-async def put_model(name: str, body: ModelPackageUpdate, models: ModelsDep) -> dict[str, Any]:
+async def put_model(name: NameParam, body: ModelPackageUpdate, models: ModelsDep) -> dict[str, Any]:
     previous = models.current(name).describe() if name in models.names else None
     served = await models.put(name, body.package)
     return {**served.describe(), "replaced": previous}
@@ -92,7 +95,7 @@ async def put_model(name: str, body: ModelPackageUpdate, models: ModelsDep) -> d
     "/models/{name}",
     summary="Unload a model name (not the default, nor the canary)",
 )
-async def delete_model(name: str, models: ModelsDep) -> dict[str, Any]:
+async def delete_model(name: NameParam, models: ModelsDep) -> dict[str, Any]:
     served = await models.unload(name)
     return {**served.describe(), "status": "draining"}
 
