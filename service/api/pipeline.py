@@ -192,15 +192,11 @@ async def serve_model(
 
 
 def representation_options(engine: object, call: ScoringCall) -> dict[str, Any]:
-    """What only a representation engine takes (item ids, cascade); a cascade asked of a
-    cross-encoder is refused naming the field."""
+    """What only a representation engine takes (item ids, cascade). A cross-encoder already
+    scores every item the way a cascade scores its head, so ``cascade_top_k`` asks nothing
+    more of it and is accepted as met."""
     if getattr(engine, "kind", None) == "representation":
         return {"item_ids": call.item_ids, "cascade_top_k": call.cascade_top_k}
-    if call.cascade_top_k:
-        raise InvalidInput(
-            "cascade_top_k: the model is a cross-encoder; a cascade needs a representation package",
-            field="cascade_top_k",
-        )
     return {}
 
 

@@ -29,6 +29,12 @@ OPERATIONS = {
     "GET /info",
     "GET /metrics",
     "PUT /admin/shadow",
+    "GET /v1/models",
+    "GET /admin/models",
+    "PUT /admin/models/{name}",
+    "DELETE /admin/models/{name}",
+    "PUT /admin/canary",
+    "DELETE /admin/canary",
 }
 
 

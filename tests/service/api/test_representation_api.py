@@ -139,17 +139,19 @@ def test_bad_cascade_input_names_the_field(
     run(go)
 
 
-def test_a_cascade_asked_of_a_cross_encoder_is_refused(make_app: Callable[..., FastAPI]) -> None:
+def test_a_cascade_asked_of_a_cross_encoder_is_met_by_its_own_scores(
+    make_app: Callable[..., FastAPI],
+) -> None:
+    """A cross-encoder scores every item as a cascade scores its head: the same answer."""
+
     async def go() -> None:
         async with serving(make_app()) as client:
-            r = await client.post(
-                "/score", json={"query": QUERY, "items": ["v"], "cascade_top_k": 2}
-            )
-            assert r.status_code == 422 and r.json()["field"] == "cascade_top_k"
-            ok = await client.post(
-                "/score", json={"query": QUERY, "items": ["v"], "cascade_top_k": 0}
-            )
-            assert ok.status_code == 200
+            body = {"query": QUERY, "items": ["valve", "angle bracket"], "cache": False}
+            asked = await client.post("/score", json={**body, "cascade_top_k": 1})
+            plain = await client.post("/score", json=body)
+            assert asked.status_code == 200 and plain.status_code == 200, asked.text
+            scores = [s["score"] for s in asked.json()["scores"]]
+            assert scores == [s["score"] for s in plain.json()["scores"]]
 
     run(go)
 
