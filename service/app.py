@@ -227,7 +227,11 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         # The default model's engine, for what has one engine in mind (/info's load, tests).
         engine = models.current(models.default).engine
         app.state.engine = engine
-        app.state.admission = engine.admission
+        # The middleware sheds at the door when even one pair would miss its budget. A
+        # representation engine's admission guards only item encoding: a request whose
+        # items are all stored needs none of it, so that engine refuses per request only.
+        representation = getattr(engine, "kind", None) == "representation"
+        app.state.admission = None if representation else engine.admission
 
     models: ModelRegistry[ScoringEngine] = ModelRegistry(
         settings.models_dir,

@@ -195,3 +195,33 @@ def test_readyz_waits_for_the_preload(
             assert metric(app, "relevance_encoded_texts_total", {"side": "item"}) == len(set(texts))
 
     run(body)
+
+
+def test_stored_items_are_served_while_item_encoding_is_saturated(
+    make_repr_app: Callable[..., FastAPI],
+) -> None:
+    """The door's load shedding must not refuse what needs no item encoding: with the item
+    lane's admission saturated, a request of stored items is answered, one with a new
+    item is refused 429 by admission."""
+    texts = make_texts(4, seed=11)
+
+    async def go() -> None:
+        app = make_repr_app()
+        async with serving(app) as client:
+            first = await client.post("/score", json={"query": QUERY, "items": texts})
+            assert first.status_code == 200, first.text
+            engine = app.state.engine
+            admission = engine.admission
+            # The item lane's queue is full: nothing more fits.
+            admission._reserved_pairs = admission.config.max_queue_pairs
+            admission.saturated = lambda: True  # and even one pair would be late
+            try:
+                again = await client.post("/score", json={"query": "other", "items": texts})
+                assert again.status_code == 200, again.text
+                new = await client.post("/score", json={"query": QUERY, "items": ["new one"]})
+                assert new.status_code == 429, new.text
+                assert "Retry-After" in new.headers
+            finally:
+                admission._reserved_pairs = 0
+
+    run(go)
