@@ -33,11 +33,17 @@ class TeacherActor:
     """One teacher replica: loads the package once, labels batches of pairs."""
 
     def __init__(
-        self, package_dir: str, cache_dir: str, threads: int, batch_size: int, device: str
+        self,
+        package_dir: str,
+        cache_dir: str,
+        threads: int,
+        batch_size: int,
+        device: str,
+        precision: str = "fp32",
     ) -> None:
         from relevance_core.teacher import load_teacher
 
-        self.teacher = load_teacher(package_dir, cache_dir, threads, device)
+        self.teacher = load_teacher(package_dir, cache_dir, threads, device, precision)
         self.teacher.batch_size = batch_size
 
     def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
@@ -79,6 +85,7 @@ def label_pairs_ray(
     batch_size: int = 16,
     gpus_per_actor: float | None = None,
     num_cpus: int | None = None,
+    precision: str = "fp32",
 ) -> pd.DataFrame:
     """Label the first ``limit`` pairs with no cached label on Ray; returns their cached labels.
 
@@ -106,6 +113,7 @@ def label_pairs_ray(
             "threads": threads_per_actor,
             "batch_size": batch_size,
             "device": device,
+            "precision": precision,
         },
         batch_size=chunk_size,
         batch_format="pandas",

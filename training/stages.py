@@ -168,6 +168,7 @@ class LazyTeacher:
                 self.config.teacher_package_dir,
                 self.config.path("teacher_cache_dir"),
                 self.config.label.threads,
+                precision=self.config.label.precision,
             )
             self._teacher.batch_size = self.config.label.batch_size
         return self._teacher.predict_proba(queries, titles)
@@ -204,6 +205,7 @@ def stage_label(
                 actors=settings.ray_actors,
                 threads_per_actor=settings.threads,
                 batch_size=settings.batch_size,
+                precision=settings.precision,
             )
         return label_pairs(predict, pairs, path, limit, settings.chunk_size, seconds)
 

@@ -1,4 +1,5 @@
-"""Teacher labeling cost: PyTorch FP32 against dynamic INT8 linears, side by side in one run.
+"""Teacher labeling cost: PyTorch FP32 against dynamic INT8 linears and BF16 weights, side by
+side in one run.
 
 Labels for 150k+ pairs are the teacher's largest CPU bill, so this measures what a
 labeling pass costs per pair on real Home Depot pairs (validation split, never test) and
@@ -12,6 +13,7 @@ base with a fresh head (speed only: its scores mean nothing).
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import time
 from pathlib import Path
@@ -48,6 +50,14 @@ def teacher_ms_per_pair(
     return 1000.0 / rate
 
 
+def _cpu_flags() -> set[str]:
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return set()
+    return {flag for line in text.splitlines() if line.startswith("flags") for flag in line.split()}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", type=Path)
@@ -82,6 +92,15 @@ def main(argv: list[str] | None = None) -> int:
         batch_size=args.batch_size,
     )
     int8_rate, int8_scores = _timed(int8, queries, titles, args.repeats)
+    # BF16 weights: on CPUs with AVX512-BF16 (or AMX) oneDNN runs them natively.
+    bf16 = Teacher(
+        copy.deepcopy(fp32.model).to(torch.bfloat16),
+        fp32.tokenizer,
+        fp32.config,
+        name=fp32.name + "-bf16",
+        batch_size=args.batch_size,
+    )
+    bf16_rate, bf16_scores = _timed(bf16, queries, titles, args.repeats)
     from scipy.stats import spearmanr
 
     result = {
@@ -95,6 +114,13 @@ def main(argv: list[str] | None = None) -> int:
         "int8_speedup": int8_rate / fp32_rate,
         "int8_vs_fp32_spearman": float(spearmanr(fp32_scores, int8_scores).statistic),
         "int8_vs_fp32_max_abs_diff": float(np.abs(fp32_scores - int8_scores).max()),
+        "bf16_pairs_per_s": bf16_rate,
+        "bf16_speedup": bf16_rate / fp32_rate,
+        "bf16_vs_fp32_spearman": float(spearmanr(fp32_scores, bf16_scores).statistic),
+        "bf16_vs_fp32_max_abs_diff": float(np.abs(fp32_scores - bf16_scores).max()),
+        "cpu_flags": sorted(
+            _cpu_flags() & {"avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16"}
+        ),
     }
     print(json.dumps(result, indent=2))
     if args.out:

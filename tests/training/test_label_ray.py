@@ -74,3 +74,28 @@ def test_ray_labels_equal_the_local_engine_and_resume_from_the_cache(
     again = label_pairs_ray(pairs, ray_file, package_dir=package, cache_dir=cache, num_cpus=2)
     assert len(again) == len(pairs) and len(read_labels(ray_file)) == len(pairs)
     ray.shutdown()
+
+
+def test_bf16_labels_rank_as_fp32_and_auto_follows_the_cpu(
+    tiny_teacher_package: tuple[Path, Path], pairs: pd.DataFrame, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import torch
+
+    import relevance_core.teacher as teacher_module
+
+    package, cache = tiny_teacher_package
+    fp32 = load_teacher(package, cache, threads=1)
+    bf16 = load_teacher(package, cache, threads=1, precision="bf16")
+    assert next(fp32.model.parameters()).dtype == torch.float32
+    assert next(bf16.model.parameters()).dtype == torch.bfloat16
+    queries, titles = pairs["query"].tolist()[:24], pairs["title"].tolist()[:24]
+    a, b = fp32.score(queries, titles), bf16.score(queries, titles)
+    assert b.dtype == a.dtype and np.abs(a - b).max() < 0.05
+
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(teacher_module, "cpu_has_native_bf16", lambda: False)
+    assert teacher_module.resolve_precision("auto", cpu) == "fp32"
+    assert teacher_module.resolve_precision("auto", torch.device("cuda")) == "bf16"
+    monkeypatch.setattr(teacher_module, "cpu_has_native_bf16", lambda: True)
+    assert teacher_module.resolve_precision("auto", cpu) == "bf16"
+    assert teacher_module.resolve_precision("fp32", cpu) == "fp32"
