@@ -14,8 +14,8 @@
 Promotion to a live service is a separate step (``python -m training promote``), since a
 gated package goes to the production service, not to this replay's private one.
 
-    python -m loadtest.closed_loop_run --config training/configs/cpu-session.toml \\
-        --current models/minilm-homedepot --teacher-dir models/teacher-qwen05b-lora \\
+    python -m loadtest.closed_loop_run --config training/configs/cpu-full-teacher.toml \\
+        --current models/minilm-homedepot --teacher-dir models/teacher-qwen05b-l14 \\
         --queries 400 --items 20 --work runs/closed-loop --version 1.3.0
 """
 
