@@ -34,7 +34,9 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import signal
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -192,6 +194,9 @@ def main(argv: list[str] | None = None) -> int:
         overrides.setdefault("label", {})["engine"] = args.engine
     config = load_config(args.config, overrides)
     command = reproduce_command(sys.argv[1:] if argv is None else argv)
+    # A long run stopped by `kill` (or a session's end) saves its checkpoint as on Ctrl-C.
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         if args.stage == "teacher":
             stage_teacher(config, force=args.force, max_seconds=args.max_seconds)
@@ -233,6 +238,9 @@ def main(argv: list[str] | None = None) -> int:
     except PipelineError as exc:
         logging.getLogger("training").error("%s", exc)
         return 2
+    except KeyboardInterrupt:
+        logging.getLogger("training").warning("interrupted: run the same command to resume")
+        return 130
     return 0
 
 

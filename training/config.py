@@ -38,6 +38,13 @@ _NEUTRAL_VALUES: dict[tuple[str, str], Any] = {
     ("loss", "margin_scale"): "per_source",
 }
 
+# Knobs of how a run goes, not of what it learns: never part of a stage's identity, so
+# changing them reuses (and resumes) the same run.
+_RUNTIME_FIELDS: tuple[tuple[str, str], ...] = (
+    ("student", "checkpoint_minutes"),
+    ("student", "precision"),
+)
+
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -134,6 +141,12 @@ class StudentConfig(_Section):
     eval_batch_size: int = Field(64, gt=0)
     seed: int = 13
     threads: int = Field(2, gt=0)
+    # Matrix products under BF16 autocast (weights, optimiser and loss stay FP32): "auto"
+    # is BF16 on CUDA and on CPUs with native BF16 (AVX512-BF16, AMX), else FP32; see
+    # training/student_bench.py and docs/evaluation_history.md for what it buys.
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    # A resumable checkpoint (training/student_checkpoint.py) this often; 0: every step.
+    checkpoint_minutes: float = Field(15.0, ge=0)
 
 
 class LossConfig(_Section):
@@ -439,6 +452,8 @@ class TrainConfig(_Section):
             # made before it.
             if key in data[section] and data[section][key] == neutral:
                 del data[section][key]
+        for section, key in _RUNTIME_FIELDS:
+            data[section].pop(key, None)
         chosen = {name: data[name] for name in (sections or tuple(data))}
         blob = json.dumps([chosen, extra], sort_keys=True, default=str)
         return hashlib.sha256(blob.encode()).hexdigest()[:12]

@@ -17,7 +17,9 @@ measured every ``eval_every_steps`` and at the end; the best state is what gets 
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import itertools
 import json
 import logging
 import math
@@ -32,6 +34,7 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
+from relevance_core.teacher import resolve_precision
 from training.artifacts import RUN_RECORD
 from training.config import LossConfig, StudentConfig
 from training.data import grade_to_score
@@ -44,6 +47,12 @@ from training.student import (
     predict_scores,
     query_grouped_batches,
     save_student,
+)
+from training.student_checkpoint import (
+    checkpoint_key,
+    load_checkpoint,
+    remove_checkpoint,
+    save_checkpoint,
 )
 
 logger = logging.getLogger(__name__)
@@ -153,6 +162,13 @@ def _lr_scale(step: int, warmup: int, total: int) -> float:
     return max(0.0, (total - step) / max(1, total - warmup))
 
 
+def _autocast(model: torch.nn.Module, precision: str) -> contextlib.AbstractContextManager:
+    """BF16 autocast on the model's device, or nothing for FP32."""
+    if precision != "bf16":
+        return contextlib.nullcontext()
+    return torch.autocast(next(model.parameters()).device.type, dtype=torch.bfloat16)
+
+
 def train_student(
     train: pd.DataFrame,
     validation: pd.DataFrame,
@@ -161,6 +177,7 @@ def train_student(
     out_dir: Path,
     record: dict[str, Any] | None = None,
     selection_seed: int | None = None,
+    checkpoint_dir: Path | None = None,
 ) -> dict[str, Any]:
     """Fit a student on ``train`` (see :func:`training_frame`) and save the best checkpoint.
 
@@ -170,6 +187,11 @@ def train_student(
     selected on the same queries). Writes ``out_dir`` (``save_pretrained`` files,
     tokenizer files and ``run.json`` = ``record`` plus the training history) atomically:
     ``run.json`` exists only for a finished run. Returns the run record.
+
+    Every ``student.checkpoint_minutes``, and when interrupted (KeyboardInterrupt, which
+    the command line raises on SIGTERM too), the run's state goes to ``checkpoint_dir``
+    (default ``<out_dir>.checkpoint``); called again with the same rows and settings it
+    resumes there and ends as the uninterrupted run would (same batches, same dropout).
     """
     seed_everything(student.seed)
     torch.set_num_threads(student.threads)
@@ -230,57 +252,120 @@ def train_student(
                 groups, student.batch_size, student.items_per_query, rng
             )
 
+    key = checkpoint_key((record or {}).get("fingerprint"), len(train), total_steps, student.seed)
+    checkpoint_dir = checkpoint_dir or out_dir.with_name(out_dir.name + ".checkpoint")
+    precision = resolve_precision(student.precision, next(model.parameters()).device)
+    autocast = _autocast(model, precision)
+
     history: list[dict[str, Any]] = []
     best: dict[str, Any] = {"step": total_steps, "validation_pairwise_accuracy": None}
     best_state: dict[str, torch.Tensor] | None = None
     recent: list[tuple[float, float, float]] = []
+    pairs_seen, start, spent_before = 0, 0, 0.0
+    resumed = load_checkpoint(checkpoint_dir, key)
+    if resumed is not None:
+        model.load_state_dict(resumed["model"])
+        optimizer.load_state_dict(resumed["optimizer"])
+        torch.set_rng_state(resumed["torch_rng"])
+        start, pairs_seen = resumed["step"], resumed["pairs_seen"]
+        history, best, best_state = resumed["history"], resumed["best"], resumed["best_state"]
+        recent, spent_before = resumed["recent"], resumed["train_seconds"]
+        logger.info("student %s resumes at step %d/%d", out_dir.name, start, total_steps)
     started = time.monotonic()
-    pairs_seen = 0
+    last_saved = started
+
+    # Dropout draws from torch's RNG: the state saved is the one after the last finished
+    # step, so an interrupt in mid-step (its forward pass already drew) resumes exactly.
+    rng_after_done = torch.get_rng_state()
+
+    def checkpoint(step: int) -> None:
+        save_checkpoint(
+            checkpoint_dir,
+            key,
+            {
+                "step": step,
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "torch_rng": rng_after_done,
+                "pairs_seen": pairs_seen,
+                "history": history,
+                "best": best,
+                "best_state": best_state,
+                "recent": recent,
+                "train_seconds": spent_before + time.monotonic() - started,
+            },
+        )
+
     model.train()
-    progress = tqdm(total=total_steps, desc=f"student {out_dir.name}", unit="step")
-    for step, index in zip(range(total_steps), batch_stream(), strict=False):
-        pairs_seen += len(index)
-        scale = _lr_scale(step, warmup, total_steps)
-        for group in optimizer.param_groups:
-            group["lr"] = student.learning_rate * scale
-        inputs = encode_batch(
-            tokenizer, [queries[i] for i in index], [titles[i] for i in index], term_matching
-        )
-        logits = model(**inputs).logits
-        terms = loss_fn.terms(
-            logits, targets[index], torch.from_numpy(groups[index]), margin_targets[index]
-        )
-        loss = loss_fn.combine(terms)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), student.max_grad_norm)
-        optimizer.step()
-        recent = [*recent[-49:], (loss.item(), terms["pointwise"].item(), terms["margin"].item())]
-        progress.update(1)
-        done = step + 1
-        if done == total_steps or (not selection.empty and done % student.eval_every_steps == 0):
-            accuracy = validate() if not selection.empty else math.nan
-            mean = np.mean(recent, axis=0)
-            history.append(
-                {
-                    "step": done,
-                    "loss": float(mean[0]),
-                    "pointwise": float(mean[1]),
-                    "margin": float(mean[2]),
-                    "validation_pairwise_accuracy": accuracy,
-                    "elapsed_s": round(time.monotonic() - started, 1),
-                }
+    progress = tqdm(total=total_steps, initial=start, desc=f"student {out_dir.name}", unit="step")
+    # The stream is a function of the seed: a resumed run replays it up to ``start``.
+    stream = itertools.islice(batch_stream(), start, None)
+    done = start
+    try:
+        for step, index in zip(range(start, total_steps), stream, strict=False):
+            scale = _lr_scale(step, warmup, total_steps)
+            for group in optimizer.param_groups:
+                group["lr"] = student.learning_rate * scale
+            inputs = encode_batch(
+                tokenizer, [queries[i] for i in index], [titles[i] for i in index], term_matching
             )
-            previous = best["validation_pairwise_accuracy"]
-            if not math.isnan(accuracy) and (previous is None or accuracy > previous):
-                best = {"step": done, "validation_pairwise_accuracy": accuracy}
-                # The final state needs no copy: it is what the model holds at the end.
-                best_state = None if done == total_steps else copy.deepcopy(model.state_dict())
-            progress.set_postfix(loss=f"{mean[0]:.4f}", val_acc=f"{accuracy:.4f}")
-        elif done % 10 == 0:
-            progress.set_postfix(loss=f"{np.mean([r[0] for r in recent]):.4f}")
+            with autocast:
+                logits = model(**inputs).logits
+            terms = loss_fn.terms(
+                logits.float(), targets[index], torch.from_numpy(groups[index]),
+                margin_targets[index],
+            )  # fmt: skip
+            loss = loss_fn.combine(terms)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), student.max_grad_norm)
+            optimizer.step()
+            pairs_seen += len(index)
+            recent = [
+                *recent[-49:],
+                (loss.item(), terms["pointwise"].item(), terms["margin"].item()),
+            ]
+            progress.update(1)
+            done = step + 1
+            rng_after_done = torch.get_rng_state()
+            if done == total_steps or (
+                not selection.empty and done % student.eval_every_steps == 0
+            ):
+                accuracy = validate() if not selection.empty else math.nan
+                mean = np.mean(recent, axis=0)
+                history.append(
+                    {
+                        "step": done,
+                        "loss": float(mean[0]),
+                        "pointwise": float(mean[1]),
+                        "margin": float(mean[2]),
+                        "validation_pairwise_accuracy": accuracy,
+                        "elapsed_s": round(spent_before + time.monotonic() - started, 1),
+                    }
+                )
+                previous = best["validation_pairwise_accuracy"]
+                if not math.isnan(accuracy) and (previous is None or accuracy > previous):
+                    best = {"step": done, "validation_pairwise_accuracy": accuracy}
+                    # The final state needs no copy: it is what the model holds at the end.
+                    best_state = None if done == total_steps else copy.deepcopy(model.state_dict())
+                progress.set_postfix(loss=f"{mean[0]:.4f}", val_acc=f"{accuracy:.4f}")
+            elif done % 10 == 0:
+                progress.set_postfix(loss=f"{np.mean([r[0] for r in recent]):.4f}")
+            if (
+                done < total_steps
+                and time.monotonic() - last_saved >= 60 * student.checkpoint_minutes
+            ):
+                checkpoint(done)
+                last_saved = time.monotonic()
+    except KeyboardInterrupt:
+        if done > start:
+            checkpoint(done)
+            logger.warning(
+                "student %s interrupted at step %d: checkpoint saved", out_dir.name, done
+            )
+        raise
     progress.close()
-    elapsed = time.monotonic() - started
+    elapsed = spent_before + time.monotonic() - started
     if best_state is not None:
         model.load_state_dict(best_state)
 
@@ -303,6 +388,8 @@ def train_student(
         "history": history,
         "loss": loss_fn.get_config_dict(),
         "seed": student.seed,
+        "precision": precision,
+        "resumed_at_step": start if resumed is not None else None,
     }
     tmp = out_dir.with_name(out_dir.name + ".tmp")
     if tmp.exists():
@@ -312,6 +399,7 @@ def train_student(
     if out_dir.exists():
         shutil.rmtree(out_dir)
     tmp.rename(out_dir)
+    remove_checkpoint(checkpoint_dir)
     logger.info(
         "student saved to %s (best step %d, validation pairwise accuracy %.4f)",
         out_dir,

@@ -115,3 +115,13 @@ def test_full_teacher_recipe_distils_on_the_teachers_scale() -> None:
     session = load_config(REPO_ROOT / "training/configs/cpu-session.toml", environ={})
     assert session.loss == load_config(environ={}).loss
     assert session.loss.human_teacher_weight == 0.0 and session.loss.margin_scale == "per_source"
+
+
+def test_how_a_student_run_goes_is_not_its_identity() -> None:
+    base = load_config(environ={})
+    for runtime in ({"checkpoint_minutes": 1.0}, {"precision": "fp32"}, {"precision": "bf16"}):
+        changed = load_config(overrides={"student": runtime}, environ={})
+        assert changed.fingerprint("student") == base.fingerprint("student")
+    # What it learns from still is.
+    changed = load_config(overrides={"student": {"learning_rate": 3e-5}}, environ={})
+    assert changed.fingerprint("student") != base.fingerprint("student")

@@ -184,3 +184,101 @@ def test_train_student_takes_margins_of_the_margin_targets(
     assert margins == pytest.approx(sorted(frame["margin_target"]))
     assert pointwise == pytest.approx(sorted(frame["target"]))
     assert margins != pytest.approx(pointwise)
+
+
+def _resumable_student(tiny_student_dir: Path) -> StudentConfig:
+    return StudentConfig(
+        backbone=str(tiny_student_dir), batch_size=4, items_per_query=3, epochs=3.0,
+        eval_every_steps=2, validation_queries=None, threads=1, checkpoint_minutes=0,
+        precision="fp32",
+    )  # fmt: skip
+
+
+def _weights(run: Path) -> dict[str, np.ndarray]:
+    from safetensors.numpy import load_file
+
+    return load_file(run / "model.safetensors")
+
+
+def test_an_interrupted_student_resumes_where_it_stopped(
+    tiny_student_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import training.distill
+    from training.losses import HybridDistillationLoss
+
+    frame = training_frame(_human(), _teacher())
+    student = _resumable_student(tiny_student_dir)
+    record = {"fingerprint": "f1"}
+    whole = train_student(frame, _human(), student, LossConfig(), tmp_path / "whole", record)
+
+    calls = itertools.count(1)
+
+    class StopsAtStep4(HybridDistillationLoss):
+        def combine(self, terms):
+            if next(calls) == 4:
+                raise KeyboardInterrupt  # what SIGTERM becomes on the command line
+            return super().combine(terms)
+
+    monkeypatch.setattr(training.distill, "HybridDistillationLoss", StopsAtStep4)
+    run = tmp_path / "run"
+    with pytest.raises(KeyboardInterrupt):
+        train_student(frame, _human(), student, LossConfig(), run, record)
+    assert not run.exists()
+    assert (tmp_path / "run.checkpoint" / "state.pt").is_file()
+
+    monkeypatch.undo()
+    resumed = train_student(frame, _human(), student, LossConfig(), run, record)
+    assert resumed["resumed_at_step"] == 3 and whole["resumed_at_step"] is None
+    assert resumed["history"] == [
+        {**h, "elapsed_s": pytest.approx(h["elapsed_s"], abs=1e9)} for h in whole["history"]
+    ]
+    assert resumed["best_step"] == whole["best_step"]
+    assert resumed["pairs_seen"] == whole["pairs_seen"]
+    expected, got = _weights(tmp_path / "whole"), _weights(run)
+    assert expected.keys() == got.keys()
+    for name in expected:
+        np.testing.assert_allclose(got[name], expected[name], rtol=0, atol=1e-6)
+    # A finished run leaves no checkpoint behind.
+    assert not (tmp_path / "run.checkpoint").exists()
+
+
+def test_a_checkpoint_of_another_run_is_discarded(
+    tiny_student_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import training.distill
+    from training.losses import HybridDistillationLoss
+
+    class StopsAtOnce(HybridDistillationLoss):
+        calls = 0
+
+        def combine(self, terms):
+            StopsAtOnce.calls += 1
+            if StopsAtOnce.calls == 3:
+                raise KeyboardInterrupt
+            return super().combine(terms)
+
+    frame = training_frame(_human(), _teacher())
+    student = _resumable_student(tiny_student_dir)
+    monkeypatch.setattr(training.distill, "HybridDistillationLoss", StopsAtOnce)
+    with pytest.raises(KeyboardInterrupt):
+        train_student(
+            frame, _human(), student, LossConfig(), tmp_path / "run", {"fingerprint": "a"}
+        )
+    monkeypatch.undo()
+    # Another fingerprint (another config or data) must start from scratch.
+    other = train_student(
+        frame, _human(), student, LossConfig(), tmp_path / "run", {"fingerprint": "b"}
+    )
+    assert other["resumed_at_step"] is None
+
+
+def test_bf16_autocast_trains_with_fp32_weights(tiny_student_dir: Path, tmp_path: Path) -> None:
+    student = _resumable_student(tiny_student_dir).model_copy(
+        update={"precision": "bf16", "epochs": 1.0}
+    )
+    record = train_student(
+        training_frame(_human(), _teacher()), _human(), student, LossConfig(), tmp_path / "run"
+    )
+    assert record["precision"] == "bf16"
+    assert all(w.dtype == np.float32 for w in _weights(tmp_path / "run").values())
+    assert np.isfinite(record["history"][-1]["loss"])

@@ -1,0 +1,63 @@
+"""A student run's resumable state: weights, optimiser, progress and torch's RNG.
+
+A first-round student on the full augmentation set is a multi-hour CPU job, longer than
+one session may run, so :func:`training.distill.train_student` saves this state every
+``student.checkpoint_minutes`` (and when interrupted) and a rerun of the same stage
+continues from it. The batch order needs no saved state: it is a function of the seed,
+so a resumed run replays the stream's index lists up to its step (cheap) and carries on
+with exactly the batches the uninterrupted run would have seen.
+
+A checkpoint belongs to one run identity (``key``: the run's fingerprint, its row count,
+its step budget and seed); a checkpoint of another identity is discarded, never mixed in.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+STATE_FILE = "state.pt"
+
+
+def checkpoint_key(fingerprint: str | None, rows: int, total_steps: int, seed: int) -> str:
+    """Identity of the run a checkpoint may resume."""
+    blob = json.dumps([fingerprint, rows, total_steps, seed])
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def save_checkpoint(directory: Path, key: str, state: dict[str, Any]) -> Path:
+    """Write ``state`` (torch-serialisable) under ``directory`` atomically."""
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / STATE_FILE
+    tmp = path.with_suffix(".tmp")
+    torch.save({"key": key, **state}, tmp)
+    os.replace(tmp, path)  # a kill mid-write leaves the previous checkpoint intact
+    return path
+
+
+def load_checkpoint(directory: Path, key: str) -> dict[str, Any] | None:
+    """The saved state of the run ``key``, or None (none saved, or another run's)."""
+    path = directory / STATE_FILE
+    if not path.is_file():
+        return None
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    if state.get("key") != key:
+        logger.warning("discarding %s: it belongs to another run (key %s)", path, state.get("key"))
+        remove_checkpoint(directory)
+        return None
+    return state
+
+
+def remove_checkpoint(directory: Path) -> None:
+    """Delete a finished (or stale) run's checkpoint directory."""
+    if directory.exists():
+        shutil.rmtree(directory)
