@@ -110,6 +110,21 @@ def text_limits(settings: Settings) -> TextLimits:
     return TextLimits(settings.max_query_chars, settings.max_text_chars)
 
 
+def engine_options(settings: Settings) -> dict[str, Any]:
+    """What every engine kind takes from the settings: runtime, limits, batching, admission."""
+    return {
+        "provider": settings.provider,
+        "variant": settings.variant,
+        "intra_op_threads": settings.intra_op_threads or 0,
+        "intra_op_spinning": bool(settings.intra_op_spinning),
+        "limits": text_limits(settings),
+        "batching": batcher_config(settings),
+        "admission": admission_config(settings),
+        "tokenizer_threads": settings.tokenizer_threads,
+        "warmup": settings.warmup,
+    }
+
+
 def load_engine(settings: Settings, metrics: Metrics) -> ScoringEngine:
     """The production engine: the settings unpacked into plain values. A representation
     package (its manifest's ``kind``) gets a :class:`RepresentationEngine`, which has the
@@ -119,15 +134,7 @@ def load_engine(settings: Settings, metrics: Metrics) -> ScoringEngine:
     return ScoringEngine.from_package_dir(
         settings.model_dir,
         metrics,
-        provider=settings.provider,
-        variant=settings.variant,
-        intra_op_threads=settings.intra_op_threads or 0,
-        intra_op_spinning=bool(settings.intra_op_spinning),
-        limits=text_limits(settings),
-        batching=batcher_config(settings),
-        admission=admission_config(settings),
-        tokenizer_threads=settings.tokenizer_threads,
-        warmup=settings.warmup,
+        **engine_options(settings),
         ladder=ladder_config(settings),
         cache_bytes=int(settings.score_cache_mb * 1024 * 1024),
     )
@@ -153,15 +160,7 @@ def load_representation_engine(settings: Settings, metrics: Metrics) -> Represen
     return RepresentationEngine.from_package_dir(
         settings.model_dir,
         metrics,
-        provider=settings.provider,
-        variant=settings.variant,
-        intra_op_threads=settings.intra_op_threads or 0,
-        intra_op_spinning=bool(settings.intra_op_spinning),
-        limits=text_limits(settings),
-        batching=batcher_config(settings),
-        admission=admission_config(settings),
-        tokenizer_threads=settings.tokenizer_threads,
-        warmup=settings.warmup,
+        **engine_options(settings),
         store_bytes=int(settings.item_store_mb * 1024 * 1024),
         preload=read_catalogue(settings.item_preload) if settings.item_preload else None,
         cascade=cascade,

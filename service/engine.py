@@ -19,7 +19,6 @@ import dataclasses
 import logging
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,6 +28,7 @@ import numpy as np
 from relevance_core.activation import activate
 from service.admission import Admission, AdmissionConfig
 from service.batcher import BatcherConfig, MicroBatcher, PendingRequest
+from service.engine_lifecycle import EngineLifecycle
 from service.errors import DeadlineExceeded, InputTooLong, NotReady
 from service.features import PairEncoder, TextLimits
 from service.metrics import Metrics
@@ -36,7 +36,7 @@ from service.model_package import ModelPackage, load_package
 from service.score_cache import ScoreCache
 from service.scorers import OnnxScorer, Provider, Scorer, Variant
 from service.warmup import LadderConfig, Tuning, chosen_runs, run_ladder, warm_up
-from service.worker import BatchRun, InferenceWorker
+from service.worker import InferenceWorker
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +64,7 @@ class EngineResult:
     cached: int = 0  # pairs answered from the score cache
 
 
-class ScoringEngine:
+class ScoringEngine(EngineLifecycle):
     """Scores (query, text) pairs with the package's model through the micro-batcher."""
 
     def __init__(
@@ -93,7 +93,7 @@ class ScoringEngine:
             max_pair_tokens=encoder.max_length,
         )
         self.admission = Admission(admission, metrics=metrics)
-        self._metrics = metrics
+        self._init_lifecycle(metrics, tokenizer_threads, warmup)
         self._batcher = MicroBatcher(self.batcher_config, metrics)
         # Through self.scorer: the ladder may swap the session before traffic.
         self._worker = InferenceWorker(
@@ -106,13 +106,6 @@ class ScoringEngine:
         self.cache = ScoreCache(cache_bytes, metrics)
         self.cache.bind(ScoreCache.model_key(m.name, m.version, scorer.variant))
         metrics.max_batch_size.set(self.batcher_config.max_batch_size)
-        self._tokenizer_threads = tokenizer_threads
-        self._tokenize_pool: ThreadPoolExecutor | None = None
-        self._warmup_enabled = warmup
-        self._warmup_task: asyncio.Task[None] | None = None
-        self._ready = False
-        self._closing = False
-        self.status = "starting"
 
     @classmethod
     def from_package_dir(
@@ -165,56 +158,20 @@ class ScoringEngine:
 
     # ------------------------------------------------------------------ lifecycle
     @property
-    def ready(self) -> bool:
-        return self._ready and not self._closing
-
-    @property
     def pending_pairs(self) -> int:
         """Pairs queued and not yet packed into a batch."""
         return self._batcher.pending_pairs
 
-    async def start(self) -> None:
-        """Start the batcher and the worker, and warm the model up in the background."""
-        self._tokenize_pool = ThreadPoolExecutor(
-            self._tokenizer_threads, thread_name_prefix="relevance-tokenize"
-        )
+    async def _start_lanes(self) -> None:
         await self._batcher.start()
         await self._worker.start()
-        if self._warmup_enabled:
-            self.status = "warming_up"
-            self._warmup_task = asyncio.create_task(self._warmup(), name="relevance-warmup")
-        else:
-            self._set_ready()
 
-    async def wait_ready(self, timeout_s: float = 60.0) -> bool:
-        """Wait for warm-up to end (tests and the CLI's readiness log)."""
-        if self._warmup_task is not None:
-            await asyncio.wait({self._warmup_task}, timeout=timeout_s)
-        return self.ready
+    async def _stop_lanes(self, timeout_s: float) -> None:
+        await asyncio.gather(self._batcher.stop(timeout_s), self._worker.stop(timeout_s))
 
-    async def stop(self, timeout_s: float = 30.0) -> None:
-        """Refuse new requests, finish accepted ones (up to ``timeout_s``), release the model."""
-        self._closing = True
-        self.status = "draining"
-        self._metrics.ready.set(0)
-        self.admission.close()
-        if self._warmup_task is not None and not self._warmup_task.done():
-            self._warmup_task.cancel()
-        started = time.monotonic()
-        # Requests still tokenizing hold reservations too: wait for all of them.
-        if not await self.admission.wait_idle(timeout_s):
-            log.warning(
-                "shutdown: %d pairs unanswered after %.0f s",
-                self.admission.reserved_pairs,
-                timeout_s,
-            )
-        left_s = max(0.0, timeout_s - (time.monotonic() - started))
-        await asyncio.gather(self._batcher.stop(left_s), self._worker.stop(left_s))
-        if self._tokenize_pool is not None:
-            self._tokenize_pool.shutdown(wait=False, cancel_futures=True)
+    def _release(self) -> None:
         self.scorer.close()
         self.cache.clear()  # another version (a hot swap) may serve on; free this one's
-        self.status = "stopped"
 
     async def _warmup(self) -> None:
         started = time.monotonic()
@@ -264,16 +221,6 @@ class ScoringEngine:
         m.intra_op_threads.set(tuning.intra_op_threads)
         m.intra_op_spinning.set(int(tuning.intra_op_spinning))
         m.tuned_pairs_per_s.set(tuning.pairs_per_s)
-
-    def _set_ready(self) -> None:
-        self._ready = True
-        self.status = "ready"
-        self._metrics.ready.set(1)
-
-    def _on_batch(self, run: BatchRun) -> None:
-        self.admission.observe_batch(
-            run.pairs, run.width, run.real_tokens, run.started, run.elapsed_s, run.backlogged
-        )
 
     # ------------------------------------------------------------------ scoring
     async def score(

@@ -44,7 +44,6 @@ import logging
 import sys
 import time
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +58,7 @@ from service.admission import Admission, AdmissionConfig
 from service.batcher import BatcherConfig
 from service.cost_model import TimedRun
 from service.engine import EngineResult, ScoringEngine
+from service.engine_lifecycle import EngineLifecycle
 from service.errors import InputTooLong, InvalidInput, NotReady
 from service.features import EncodedPair, TextLimits, collate
 from service.item_store import ItemStore, StoredItem
@@ -67,7 +67,6 @@ from service.representation_package import RepresentationPackage, load_represent
 from service.scorers.base import Provider, Variant
 from service.scorers.representation import RepresentationScorer, TextEncoder
 from service.vector_lane import VectorLane
-from service.worker import BatchRun
 
 log = logging.getLogger(__name__)
 
@@ -115,7 +114,7 @@ def score_logits(scores: np.ndarray) -> np.ndarray:
 # --------------------------------------------------------------------------- engine
 
 
-class RepresentationEngine:
+class RepresentationEngine(EngineLifecycle):
     """Scores (query, item) pairs with a representation package, items from the store."""
 
     kind = "representation"
@@ -150,7 +149,7 @@ class RepresentationEngine:
             max_pair_tokens=m.item.max_length,
         )
         self.admission = Admission(admission, metrics=metrics)
-        self._metrics = metrics
+        self._init_lifecycle(metrics, tokenizer_threads, warmup)
         self.store = ItemStore(store_bytes, m.item_vectors.dtype, metrics)
         self.store.bind(m.name, m.version)
         self._query_lane = VectorLane(QUERY, QUERY_LANE, scorer.encode, m.architecture, metrics)
@@ -164,13 +163,6 @@ class RepresentationEngine:
         self._preload = list(preload or [])
         self._preload_progress = preload_progress
         self.preloaded = 0
-        self._tokenizer_threads = tokenizer_threads
-        self._tokenize_pool: ThreadPoolExecutor | None = None
-        self._warmup_enabled = warmup
-        self._warmup_task: asyncio.Task[None] | None = None
-        self._ready = False
-        self._closing = False
-        self.status = "starting"
         metrics.max_batch_size.set(self.batcher_config.max_batch_size)
 
     @classmethod
@@ -206,54 +198,34 @@ class RepresentationEngine:
     @property
     def ready(self) -> bool:
         cascade_ready = self.cascade is None or self.cascade.ready
-        return self._ready and cascade_ready and not self._closing
+        return super().ready and cascade_ready
 
     @property
     def pending_pairs(self) -> int:
         return self._item_lane.batcher.pending_pairs + self._query_lane.batcher.pending_pairs
 
-    async def start(self) -> None:
-        self._tokenize_pool = ThreadPoolExecutor(
-            self._tokenizer_threads, thread_name_prefix="relevance-tokenize"
-        )
+    async def _start_lanes(self) -> None:
         await self._query_lane.start()
         await self._item_lane.start()
         if self.cascade is not None:
             await self.cascade.start()
-        if self._warmup_enabled or self._preload:
-            self.status = "warming_up"
-            self._warmup_task = asyncio.create_task(self._warmup(), name="relevance-warmup")
-        else:
-            self._set_ready()
+
+    def _needs_warmup(self) -> bool:
+        return self._warmup_enabled or bool(self._preload)
 
     async def wait_ready(self, timeout_s: float = 60.0) -> bool:
         started = time.monotonic()
-        if self._warmup_task is not None:
-            await asyncio.wait({self._warmup_task}, timeout=timeout_s)
+        await super().wait_ready(timeout_s)
         if self.cascade is not None:
             await self.cascade.wait_ready(max(0.0, timeout_s - (time.monotonic() - started)))
         return self.ready
 
-    async def stop(self, timeout_s: float = 30.0) -> None:
-        """Refuse new requests, finish accepted ones (up to ``timeout_s``), release the model."""
-        self._closing = True
-        self.status = "draining"
-        self._metrics.ready.set(0)
-        self.admission.close()
-        if self._warmup_task is not None and not self._warmup_task.done():
-            self._warmup_task.cancel()
-        started = time.monotonic()
-        await self.admission.wait_idle(timeout_s)
-        left_s = max(0.0, timeout_s - (time.monotonic() - started))
+    async def _stop_lanes(self, timeout_s: float) -> None:
         await asyncio.gather(
-            self._query_lane.stop(left_s),
-            self._item_lane.stop(left_s),
-            *([self.cascade.stop(left_s)] if self.cascade is not None else []),
+            self._query_lane.stop(timeout_s),
+            self._item_lane.stop(timeout_s),
+            *([self.cascade.stop(timeout_s)] if self.cascade is not None else []),
         )
-        if self._tokenize_pool is not None:
-            self._tokenize_pool.shutdown(wait=False, cancel_futures=True)
-        self.scorer.close()
-        self.status = "stopped"
 
     async def _warmup(self) -> None:
         started = time.monotonic()
@@ -293,16 +265,6 @@ class RepresentationEngine:
                 self.scorer.encode(ITEM, batch)
                 runs.append(TimedRun(rows, width, time.perf_counter() - began))
         return runs
-
-    def _set_ready(self) -> None:
-        self._ready = True
-        self.status = "ready"
-        self._metrics.ready.set(1)
-
-    def _on_batch(self, run: BatchRun) -> None:
-        self.admission.observe_batch(
-            run.pairs, run.width, run.real_tokens, run.started, run.elapsed_s, run.backlogged
-        )
 
     async def preload(
         self, items: Sequence[tuple[str | None, str]], *, progress: bool = False
