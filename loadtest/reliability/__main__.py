@@ -13,11 +13,11 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from loadtest.reliability import faults, fuzzing, overload, report, security, soak
+from loadtest.reliability import faults, fuzzing, overload, report, security, soak, traffic
 from loadtest.reliability.common import Row, RunConfig, get_json, git_commit, machine, serving
 from loadtest.servers import REPO_ROOT
 
-SCENARIOS = ("fuzz", "overload", "faults", "soak", "security")
+SCENARIOS = ("fuzz", "overload", "traffic", "faults", "soak", "security")
 EXIT_FAILED = 1
 EXIT_CANNOT_RUN = 2
 
@@ -25,14 +25,15 @@ EXIT_CANNOT_RUN = 2
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="python -m loadtest.reliability",
-        description="Reliability and security run: fuzzing, overload, faults, soak, security.",
+        description="Reliability and security run: fuzzing, overload, traffic shapes, faults, "
+        "soak, security.",
     )
     p.add_argument("--model", type=Path, default=REPO_ROOT / "models" / "minilm-homedepot")
     p.add_argument("--out", type=Path, default=REPO_ROOT / "docs" / "reliability.md")
     p.add_argument(
         "--quick",
         action="store_true",
-        help="short run: fewer fuzz cases, 10 s overloads, 60 s soak (the full run: ~25 min)",
+        help="short run: fewer fuzz cases, 10 s open loops, 60 s soak (the full run: ~30 min)",
     )
     p.add_argument("--soak-s", type=float, help="soak length (default 600, --quick 60)")
     p.add_argument(
@@ -110,6 +111,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     step("fuzz", lambda: fuzzing.run(cfg))
     step("overload", run_overload)
+    step("traffic", lambda: traffic.run(cfg, capacity))
     step("faults", lambda: faults.run(cfg))
     step("soak", lambda: [soak.run(cfg, capacity, soak_s)])
     step("security", lambda: security.run(cfg))

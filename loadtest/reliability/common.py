@@ -104,15 +104,29 @@ def metric_sum(text: str, name: str, **labels: str) -> float:
 
 
 def scoring_requests(
-    count: int, *, min_items: int, max_items: int, seed: int = 0, deadline_ms: int | None = None
+    count: int,
+    *,
+    min_items: int,
+    max_items: int,
+    seed: int = 0,
+    deadline_ms: int | None = None,
+    rerank_share: float = 0.3,
+    cache: bool | None = None,
 ) -> list[Prepared]:
-    """``/score`` and ``/rerank`` bodies drawn from the Home Depot data (synthetic if absent)."""
-    factory = RequestFactory(Catalogue.load(), Mix(min_items, max_items, rerank_share=0.3), seed)
+    """``/score`` and ``/rerank`` bodies drawn from the Home Depot data (synthetic if absent).
+
+    ``cache=False`` sends ``"cache": false`` (the score cache bypassed, every pair scored by
+    the model): what load runs that cycle their requests need, else repeats are cache hits.
+    """
+    mix = Mix(min_items, max_items, rerank_share=rerank_share)
+    factory = RequestFactory(Catalogue.load(), mix, seed)
     out = []
     for request in factory.take(count):
         body = request.body()
         if deadline_ms is not None and request.endpoint == "score":
             body["deadline_ms"] = deadline_ms
+        if cache is not None:
+            body["cache"] = cache
         out.append(
             Prepared(request.endpoint, request.path, json.dumps(body).encode(), len(request.texts))
         )
@@ -199,6 +213,11 @@ def git_commit() -> str:
     except (OSError, subprocess.SubprocessError):
         return "unknown"
     return commit + (" (with local changes)" if dirty else "")
+
+
+def why_not(failures: list[str]) -> str:
+    """What a row's numbers end with when it did not hold: the rules it broke."""
+    return f"; broken: {'; '.join(failures)}" if failures else ""
 
 
 def fmt_ms(value: float | None) -> str:

@@ -110,6 +110,17 @@ def render(
         "the SLO latency itself.",
         "- Recovery: from the moment the load stopped until three probes in a row are within "
         "1.5x (+10 ms) of the same request's latency on the idle server.",
+        "- *Goodput*: pairs of the requests answered 200 within their SLO budget, per second "
+        "from the first send to the last answer; *capacity*: pairs/s answered 200 by 3 "
+        "closed-loop clients. Half load and overload are multiples of the capacity's "
+        'requests/s. Load rows send `"cache": false` (their requests are cycled; a repeat '
+        "answered from the score cache would be throughput the model never delivered).",
+        "- *Raw session*: the ONNX Runtime session alone (`loadtest.bench.measure_ceiling`: "
+        "pre-tokenized batches of the same request mix, a ladder of batch sizes, idle threads "
+        "spinning and not; the best wins) at the graph, provider and intra-op threads the "
+        "server reports in `/info`, measured in the same run with the server idle. The lone "
+        "request's cost of a pair is its p50 over its 10 items.",
+        "- A row that did not hold ends with *broken:* and the rules it broke.",
         "- Overload traffic is sent with `loadtest.rawhttp` (one connection per request): "
         "httpx needed more CPU per request than the server on this machine and turned "
         "client-side queueing into seconds of apparent latency.",
