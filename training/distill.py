@@ -13,47 +13,25 @@ second, smaller teacher's scores (a teacher assistant) into both targets.
 
 The optimiser is AdamW with linear warm-up and decay. Validation pairwise accuracy is
 measured every ``eval_every_steps`` and at the end; the best state is what gets saved.
+The loop is :func:`training.fit_loop.fit`, the representation student's too.
 """
 
 from __future__ import annotations
 
-import contextlib
-import copy
-import itertools
-import json
 import logging
-import math
-import shutil
-import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import torch
-from tqdm import tqdm
 
-from relevance_core.teacher import resolve_precision
-from training.artifacts import RUN_RECORD
 from training.config import LossConfig, StudentConfig
 from training.data import grade_to_score
-from training.evaluation.metrics import pairwise_accuracy
+from training.fit_loop import fit, lr_scale, save_run
 from training.losses import HybridDistillationLoss
 from training.seeding import seed_everything
-from training.student import (
-    build_student,
-    encode_batch,
-    predict_scores,
-    query_grouped_batches,
-    save_student,
-)
-from training.student_checkpoint import (
-    checkpoint_key,
-    load_checkpoint,
-    remove_checkpoint,
-    save_checkpoint,
-)
+from training.student import build_student, encode_batch, predict_scores, save_student
 
 logger = logging.getLogger(__name__)
 
@@ -155,18 +133,8 @@ def selection_subset(validation: pd.DataFrame, max_queries: int | None, seed: in
     return frame.reset_index(drop=True)
 
 
-def _lr_scale(step: int, warmup: int, total: int) -> float:
-    """Linear warm-up to 1, then linear decay to 0 at ``total``."""
-    if step < warmup:
-        return (step + 1) / max(1, warmup)
-    return max(0.0, (total - step) / max(1, total - warmup))
-
-
-def _autocast(model: torch.nn.Module, precision: str) -> contextlib.AbstractContextManager:
-    """BF16 autocast on the model's device, or nothing for FP32."""
-    if precision != "bf16":
-        return contextlib.nullcontext()
-    return torch.autocast(next(model.parameters()).device.type, dtype=torch.bfloat16)
+# The schedule lives with the loop; under its old name here for the modules that import it.
+_lr_scale = lr_scale
 
 
 def train_student(
@@ -197,18 +165,14 @@ def train_student(
     torch.set_num_threads(student.threads)
     model, tokenizer = build_student(student)
     loss_fn = HybridDistillationLoss(loss_config.pointwise_weight, loss_config.margin_weight)
-    rng = np.random.default_rng(student.seed)
-    groups = train["group"].to_numpy()
-    targets = torch.tensor(train["target"].to_numpy(), dtype=torch.float32)
-    margin_column = "margin_target" if "margin_target" in train else "target"
-    margin_targets = torch.tensor(train[margin_column].to_numpy(), dtype=torch.float32)
     queries, titles = train["query"].tolist(), train["title"].tolist()
+    term_matching = bool(getattr(model.config, "term_matching", False))
 
-    epoch_batches = query_grouped_batches(groups, student.batch_size, student.items_per_query, rng)
-    total_steps = max(1, math.ceil(student.epochs * len(epoch_batches)))
-    if student.max_steps is not None:
-        total_steps = min(total_steps, student.max_steps)
-    warmup = int(student.warmup_ratio * total_steps)
+    def batch_logits(index: np.ndarray) -> torch.Tensor:
+        inputs = encode_batch(
+            tokenizer, [queries[i] for i in index], [titles[i] for i in index], term_matching
+        )
+        return model(**inputs).logits
 
     no_decay = ("bias", "LayerNorm.weight")
     params = [
@@ -222,188 +186,29 @@ def train_student(
         },
     ]
     optimizer = torch.optim.AdamW(params, lr=student.learning_rate)
-
     selection = selection_subset(
         validation,
         student.validation_queries,
         student.seed if selection_seed is None else selection_seed,
     )
-
-    def validate() -> float:
-        scores = predict_scores(
-            model,
-            tokenizer,
-            selection["query"].tolist(),
-            selection["title"].tolist(),
-            student.eval_batch_size,
-        )
-        return pairwise_accuracy(
-            selection["query_key"].tolist(), selection["grade"].to_numpy(), scores
-        )
-
-    term_matching = bool(getattr(model.config, "term_matching", False))
-    if selection.empty:
-        logger.warning("no validation query with two grades: the final state is kept")
-
-    def batch_stream() -> Iterator[np.ndarray]:
-        yield from epoch_batches
-        while True:  # fractional or multiple epochs: a fresh grouping per epoch
-            yield from query_grouped_batches(
-                groups, student.batch_size, student.items_per_query, rng
-            )
-
-    key = checkpoint_key((record or {}).get("fingerprint"), len(train), total_steps, student.seed)
-    checkpoint_dir = checkpoint_dir or out_dir.with_name(out_dir.name + ".checkpoint")
-    precision = resolve_precision(student.precision, next(model.parameters()).device)
-    autocast = _autocast(model, precision)
-
-    history: list[dict[str, Any]] = []
-    best: dict[str, Any] = {"step": total_steps, "validation_pairwise_accuracy": None}
-    best_state: dict[str, torch.Tensor] | None = None
-    recent: list[tuple[float, float, float]] = []
-    pairs_seen, start, spent_before = 0, 0, 0.0
-    resumed = load_checkpoint(checkpoint_dir, key)
-    if resumed is not None:
-        model.load_state_dict(resumed["model"])
-        optimizer.load_state_dict(resumed["optimizer"])
-        torch.set_rng_state(resumed["torch_rng"])
-        start, pairs_seen = resumed["step"], resumed["pairs_seen"]
-        history, best, best_state = resumed["history"], resumed["best"], resumed["best_state"]
-        recent, spent_before = resumed["recent"], resumed["train_seconds"]
-        logger.info("student %s resumes at step %d/%d", out_dir.name, start, total_steps)
-    started = time.monotonic()
-    last_saved = started
-
-    # Dropout draws from torch's RNG: the state saved is the one after the last finished
-    # step, so an interrupt in mid-step (its forward pass already drew) resumes exactly.
-    rng_after_done = torch.get_rng_state()
-
-    def checkpoint(step: int) -> None:
-        save_checkpoint(
-            checkpoint_dir,
-            key,
-            {
-                "step": step,
-                "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "torch_rng": rng_after_done,
-                "pairs_seen": pairs_seen,
-                "history": history,
-                "best": best,
-                "best_state": best_state,
-                "recent": recent,
-                "train_seconds": spent_before + time.monotonic() - started,
-            },
-        )
-
-    model.train()
-    progress = tqdm(total=total_steps, initial=start, desc=f"student {out_dir.name}", unit="step")
-    # The stream is a function of the seed: a resumed run replays it up to ``start``.
-    stream = itertools.islice(batch_stream(), start, None)
-    done = start
-    try:
-        for step, index in zip(range(start, total_steps), stream, strict=False):
-            scale = _lr_scale(step, warmup, total_steps)
-            for group in optimizer.param_groups:
-                group["lr"] = student.learning_rate * scale
-            inputs = encode_batch(
-                tokenizer, [queries[i] for i in index], [titles[i] for i in index], term_matching
-            )
-            with autocast:
-                logits = model(**inputs).logits
-            terms = loss_fn.terms(
-                logits.float(), targets[index], torch.from_numpy(groups[index]),
-                margin_targets[index],
-            )  # fmt: skip
-            loss = loss_fn.combine(terms)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), student.max_grad_norm)
-            optimizer.step()
-            pairs_seen += len(index)
-            recent = [
-                *recent[-49:],
-                (loss.item(), terms["pointwise"].item(), terms["margin"].item()),
-            ]
-            progress.update(1)
-            done = step + 1
-            rng_after_done = torch.get_rng_state()
-            if done == total_steps or (
-                not selection.empty and done % student.eval_every_steps == 0
-            ):
-                accuracy = validate() if not selection.empty else math.nan
-                mean = np.mean(recent, axis=0)
-                history.append(
-                    {
-                        "step": done,
-                        "loss": float(mean[0]),
-                        "pointwise": float(mean[1]),
-                        "margin": float(mean[2]),
-                        "validation_pairwise_accuracy": accuracy,
-                        "elapsed_s": round(spent_before + time.monotonic() - started, 1),
-                    }
-                )
-                previous = best["validation_pairwise_accuracy"]
-                if not math.isnan(accuracy) and (previous is None or accuracy > previous):
-                    best = {"step": done, "validation_pairwise_accuracy": accuracy}
-                    # The final state needs no copy: it is what the model holds at the end.
-                    best_state = None if done == total_steps else copy.deepcopy(model.state_dict())
-                progress.set_postfix(loss=f"{mean[0]:.4f}", val_acc=f"{accuracy:.4f}")
-            elif done % 10 == 0:
-                progress.set_postfix(loss=f"{np.mean([r[0] for r in recent]):.4f}")
-            if (
-                done < total_steps
-                and time.monotonic() - last_saved >= 60 * student.checkpoint_minutes
-            ):
-                checkpoint(done)
-                last_saved = time.monotonic()
-    except KeyboardInterrupt:
-        if done > start:
-            checkpoint(done)
-            logger.warning(
-                "student %s interrupted at step %d: checkpoint saved", out_dir.name, done
-            )
-        raise
-    progress.close()
-    elapsed = spent_before + time.monotonic() - started
-    if best_state is not None:
-        model.load_state_dict(best_state)
-
-    result = {
-        **(record or {}),
-        "train_pairs": len(train),
-        "train_pairs_by_source": train["source"].value_counts().to_dict(),
-        "steps": total_steps,
-        "steps_per_epoch": len(epoch_batches),
-        "best_step": best["step"],
-        "validation_pairwise_accuracy": best["validation_pairwise_accuracy"],
-        "validation_selection": {
-            "queries": int(selection["query_key"].nunique()),
-            "pairs": len(selection),
-        },
-        "train_seconds": round(elapsed, 1),
-        "pairs_seen": pairs_seen,
-        # Includes the validation passes.
-        "pairs_per_second": round(pairs_seen / max(1e-9, elapsed), 1),
-        "history": history,
-        "loss": loss_fn.get_config_dict(),
-        "seed": student.seed,
-        "precision": precision,
-        "resumed_at_step": start if resumed is not None else None,
-    }
-    tmp = out_dir.with_name(out_dir.name + ".tmp")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    save_student(model, student.backbone, tmp, student.max_length)
-    (tmp / RUN_RECORD).write_text(json.dumps(result, indent=2, default=str) + "\n")
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
-    tmp.rename(out_dir)
-    remove_checkpoint(checkpoint_dir)
+    fitted = fit(
+        model, optimizer, train, student, loss_fn, batch_logits,
+        selection=selection,
+        score=lambda q, t: predict_scores(model, tokenizer, q, t, student.eval_batch_size),
+        out_dir=out_dir, kind="student", fingerprint=(record or {}).get("fingerprint"),
+        checkpoint_dir=checkpoint_dir,
+    )  # fmt: skip
+    result = {**(record or {}), **fitted.fields, "seed": student.seed}
+    save_run(
+        out_dir,
+        lambda tmp: save_student(model, student.backbone, tmp, student.max_length),
+        result,
+        fitted.checkpoint_dir,
+    )
     logger.info(
         "student saved to %s (best step %d, validation pairwise accuracy %.4f)",
         out_dir,
-        best["step"],
-        best["validation_pairwise_accuracy"],
+        result["best_step"],
+        result["validation_pairwise_accuracy"],
     )
     return result

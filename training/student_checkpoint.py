@@ -1,14 +1,15 @@
 """A student run's resumable state: weights, optimiser, progress and torch's RNG.
 
 A first-round student on the full augmentation set is a multi-hour CPU job, longer than
-one session may run, so :func:`training.distill.train_student` saves this state every
-``student.checkpoint_minutes`` (and when interrupted) and a rerun of the same stage
-continues from it. The batch order needs no saved state: it is a function of the seed,
-so a resumed run replays the stream's index lists up to its step (cheap) and carries on
-with exactly the batches the uninterrupted run would have seen.
+one session may run, so :func:`training.fit_loop.fit` (the loop of both student kinds)
+saves this state every ``student.checkpoint_minutes`` (and when interrupted) and a rerun
+of the same stage continues from it. The batch order needs no saved state: it is a
+function of the seed, so a resumed run replays the stream's index lists up to its step
+(cheap) and carries on with exactly the batches the uninterrupted run would have seen.
 
 A checkpoint belongs to one run identity (``key``: the run's fingerprint, its row count,
-its step budget and seed); a checkpoint of another identity is discarded, never mixed in.
+its step budget, its seed and its student kind); a checkpoint of another identity is
+discarded, never mixed in.
 """
 
 from __future__ import annotations
@@ -28,9 +29,13 @@ logger = logging.getLogger(__name__)
 STATE_FILE = "state.pt"
 
 
-def checkpoint_key(fingerprint: str | None, rows: int, total_steps: int, seed: int) -> str:
-    """Identity of the run a checkpoint may resume."""
-    blob = json.dumps([fingerprint, rows, total_steps, seed])
+def checkpoint_key(
+    fingerprint: str | None, rows: int, total_steps: int, seed: int, kind: str | None = None
+) -> str:
+    """Identity of the run a checkpoint may resume; ``kind`` names a student kind other
+    than the cross-encoder (whose keys, from before there were others, have none)."""
+    parts: list[object] = [fingerprint, rows, total_steps, seed]
+    blob = json.dumps(parts if kind is None else [*parts, kind])
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 

@@ -167,14 +167,22 @@ class RepresentationStudent(nn.Module):
         hidden = self.encoder(
             input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids
         ).last_hidden_state
-        weights = attention_mask.unsqueeze(-1).to(hidden.dtype)
-        if self.architecture == BI_ENCODER:
-            pooled = (hidden * weights).sum(1) / weights.sum(1).clamp(min=1e-9)
-            if self.projection is not None:
-                pooled = self.projection(pooled)
-            return nn.functional.normalize(pooled, dim=-1, eps=_NORM_EPS)
-        tokens = self.projection(hidden) if self.projection is not None else hidden
-        return nn.functional.normalize(tokens, dim=-1, eps=_NORM_EPS) * weights
+        with self._fp32_head():
+            hidden = hidden.float()
+            weights = attention_mask.unsqueeze(-1).to(hidden.dtype)
+            if self.architecture == BI_ENCODER:
+                pooled = (hidden * weights).sum(1) / weights.sum(1).clamp(min=1e-9)
+                if self.projection is not None:
+                    pooled = self.projection(pooled)
+                return nn.functional.normalize(pooled, dim=-1, eps=_NORM_EPS)
+            tokens = self.projection(hidden) if self.projection is not None else hidden
+            return nn.functional.normalize(tokens, dim=-1, eps=_NORM_EPS) * weights
+
+    def _fp32_head(self) -> torch.autocast:
+        """The head outside any autocast, as it is served (FP32 numpy): in BF16 the
+        projection and similarity round to ~3 digits, which ``scale`` (~10) carries into
+        the logit; on MiniLM that moved logits 2-4x more than the BF16 encoder did."""
+        return torch.autocast(self.scale.device.type, enabled=False)
 
     def similarity(
         self,
@@ -200,7 +208,8 @@ class RepresentationStudent(nn.Module):
         item: torch.Tensor,
         item_mask: torch.Tensor,
     ) -> torch.Tensor:
-        return self.scale * self.similarity(query, query_mask, item, item_mask) + self.bias
+        with self._fp32_head():
+            return self.scale * self.similarity(query, query_mask, item, item_mask) + self.bias
 
     def head_spec(self) -> HeadSpec:
         return HeadSpec(

@@ -10,11 +10,12 @@ import pytest
 import torch
 
 from training.artifacts import PipelineError, load_augmentation, load_dataset, read_run
-from training.distill import training_frame
+from training.config import LossConfig, RepresentationConfig, StudentConfig
+from training.distill import train_student, training_frame
 from training.losses import HybridDistillationLoss
-from training.representation.model import build_representation, load_representation
+from training.representation.model import build_representation, encode_texts, load_representation
 from training.representation.runs import labeled_pairs, representation_fingerprint
-from training.representation.train import batch_logits
+from training.representation.train import batch_logits, train_representation
 from training.stages import stage_represent
 
 
@@ -115,3 +116,171 @@ def test_representation_knobs_leave_cross_encoder_fingerprints(make_tiny_config,
     assert representation_fingerprint(config, dataset, None, 0) != representation_fingerprint(
         other, dataset, None, 0
     )
+
+
+# ------------------------------------------------------------ resumable, BF16 (training/fit_loop)
+
+
+def _human() -> pd.DataFrame:
+    return pd.DataFrame(
+        {
+            "query": ["angle bracket"] * 3 + ["hose"] * 2,
+            "query_key": ["angle bracket"] * 3 + ["hose"] * 2,
+            "product_id": ["1", "2", "3", "4", "5"],
+            "title": ["Angle bracket", "Angle iron", "Deck screw", "Garden hose", "Hose reel"],
+            "grade": [3.0, 2.0, 1.0, 3.0, 2.33],
+        }
+    )
+
+
+def _frame() -> pd.DataFrame:
+    teacher = pd.DataFrame(
+        {
+            "query": ["angle bracket", "angle bracket", "tile saw"],
+            "query_key": ["angle bracket", "angle bracket", "tile saw"],
+            "product_id": ["9", "8", "7"],
+            "title": ["Corner brace", "Shelf bracket", "Wet tile saw"],
+            "teacher_score": [0.7, 0.4, 0.9],
+        }
+    )
+    return training_frame(_human(), teacher)
+
+
+def _resumable(tiny_student_dir: Path) -> tuple[StudentConfig, RepresentationConfig]:
+    student = StudentConfig(
+        backbone=str(tiny_student_dir), batch_size=4, items_per_query=3, epochs=3.0,
+        eval_every_steps=2, validation_queries=None, threads=1, checkpoint_minutes=0,
+        precision="fp32",
+    )  # fmt: skip
+    # Late interaction: the projection's weights must resume too.
+    settings = RepresentationConfig(architecture="late-interaction", dim=8, labels=None)
+    return student, settings
+
+
+def _weights(run: Path) -> dict[str, np.ndarray]:
+    """The saved encoder and projection; the head's scale and bias are in ``run.json``."""
+    from safetensors.numpy import load_file
+
+    from training.representation.model import PROJECTION_FILE
+
+    return {**load_file(run / "model.safetensors"), "projection": np.load(run / PROJECTION_FILE)}
+
+
+class _StopsAt(HybridDistillationLoss):
+    """Raises KeyboardInterrupt (what SIGTERM becomes on the command line) at call ``n``."""
+
+    stop_at = 0
+    calls = 0
+
+    def combine(self, terms):
+        type(self).calls += 1
+        if type(self).calls == self.stop_at:
+            raise KeyboardInterrupt
+        return super().combine(terms)
+
+
+def test_an_interrupted_representation_run_resumes_where_it_stopped(
+    tiny_student_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import training.representation.train as module
+
+    student, settings = _resumable(tiny_student_dir)
+    frame, record = _frame(), {"fingerprint": "r1"}
+    whole = train_representation(
+        frame, _human(), student, LossConfig(), tmp_path / "whole", record, settings=settings
+    )
+
+    stops = type("StopsAtStep4", (_StopsAt,), {"stop_at": 4, "calls": 0})
+    monkeypatch.setattr(module, "HybridDistillationLoss", stops)
+    run = tmp_path / "run"
+    with pytest.raises(KeyboardInterrupt):
+        train_representation(frame, _human(), student, LossConfig(), run, record, settings=settings)
+    assert not run.exists()
+    assert (tmp_path / "run.checkpoint" / "state.pt").is_file()
+
+    monkeypatch.undo()
+    resumed = train_representation(
+        frame, _human(), student, LossConfig(), run, record, settings=settings
+    )
+    assert resumed["resumed_at_step"] == 3 and whole["resumed_at_step"] is None
+    assert resumed["precision"] == whole["precision"] == "fp32"
+    # The history carries the head's scale and bias: they too follow the same path.
+    assert {"scale", "bias"} <= set(whole["history"][-1])
+    assert resumed["history"] == [
+        {**h, "elapsed_s": pytest.approx(h["elapsed_s"], abs=1e9)} for h in whole["history"]
+    ]
+    assert resumed["best_step"] == whole["best_step"]
+    assert resumed["pairs_seen"] == whole["pairs_seen"]
+    for value in ("scale", "bias"):
+        assert resumed["head"][value] == pytest.approx(whole["head"][value], abs=1e-6)
+    expected, got = _weights(tmp_path / "whole"), _weights(run)
+    assert expected.keys() == got.keys()
+    for name in expected:
+        np.testing.assert_allclose(got[name], expected[name], rtol=0, atol=1e-6)
+    assert not (tmp_path / "run.checkpoint").exists()
+
+
+def test_a_cross_encoder_checkpoint_is_not_resumed_as_a_representation_run(
+    tiny_student_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import training.distill
+
+    student, settings = _resumable(tiny_student_dir)
+    frame, record, run = _frame(), {"fingerprint": "same"}, tmp_path / "run"
+    stops = type("StopsAtStep3", (_StopsAt,), {"stop_at": 3, "calls": 0})
+    monkeypatch.setattr(training.distill, "HybridDistillationLoss", stops)
+    with pytest.raises(KeyboardInterrupt):
+        train_student(frame, _human(), student, LossConfig(), run, record)
+    monkeypatch.undo()
+    assert (tmp_path / "run.checkpoint" / "state.pt").is_file()
+    # Same rows, steps, seed, fingerprint and place: only the kind differs.
+    other = train_representation(
+        frame, _human(), student, LossConfig(), run, record, settings=settings
+    )
+    assert other["resumed_at_step"] is None
+
+
+def test_bf16_autocast_trains_a_representation_with_fp32_weights(
+    tiny_student_dir: Path, tmp_path: Path
+) -> None:
+    student, settings = _resumable(tiny_student_dir)
+    student = student.model_copy(update={"precision": "bf16", "epochs": 1.0})
+    record = train_representation(
+        _frame(), _human(), student, LossConfig(), tmp_path / "run", settings=settings
+    )
+    assert record["precision"] == "bf16"
+    assert all(w.dtype == np.float32 for w in _weights(tmp_path / "run").values())
+    assert np.isfinite(record["history"][-1]["loss"])
+
+
+@pytest.mark.parametrize("architecture", ["bi-encoder", "late-interaction"])
+def test_the_head_stays_fp32_under_autocast(tiny_student_dir: Path, architecture: str) -> None:
+    from types import SimpleNamespace
+
+    model, query_tok, _ = build_representation(
+        StudentConfig(backbone=str(tiny_student_dir)),
+        RepresentationConfig(architecture=architecture, dim=8, labels=None),  # type: ignore[arg-type]
+    )
+    model.eval()
+    inputs = {k: torch.from_numpy(v) for k, v in encode_texts(query_tok, ["a b c", "d"]).items()}
+    with torch.inference_mode():
+        hidden = model.encoder(**inputs).last_hidden_state
+
+    class FixedStates(torch.nn.Module):
+        def forward(self, **_: torch.Tensor) -> SimpleNamespace:
+            return SimpleNamespace(last_hidden_state=hidden)
+
+    # The encoder's states held fixed: what autocast may change is then the head alone.
+    model.encoder = FixedStates()  # type: ignore[assignment]
+    mask = inputs["attention_mask"]
+
+    def head() -> tuple[torch.Tensor, torch.Tensor]:
+        vectors = model.encode(**inputs)
+        return vectors, model.logits(vectors, mask, vectors.flip(0), mask.flip(0))
+
+    with torch.inference_mode():
+        fp32 = head()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            bf16 = head()
+    for a, b in zip(fp32, bf16, strict=True):
+        assert b.dtype == torch.float32 and torch.equal(a, b)
