@@ -21,6 +21,7 @@ from training.artifacts import (
     students_dir,
 )
 from training.config import TrainConfig
+from training.label import stored_labels
 
 logger = logging.getLogger(__name__)
 
@@ -62,7 +63,7 @@ def rebuild_default(config: TrainConfig) -> Path:
     except PipelineError:  # no teacher package: no teacher id to find labels under
         labels = None
     # Without labels, building the augmentation set (BM25 over the catalogue) buys nothing.
-    cached = len(labeled_augmentation(config, dataset)) if labels and labels.is_file() else 0
+    cached = len(labeled_augmentation(config, dataset)) if labels and stored_labels(labels) else 0
     if cached:
         sizes.append(cached)
     logger.info(

@@ -4,13 +4,21 @@ A label file lives at ``<labels_dir>/<teacher_id>/<data_version>.csv``: the teac
 changes with the adapter or base weights, the data version with the data file and the
 augmentation config, so a changed teacher or data set never reuses stale labels while an
 unchanged re-run costs nothing. Rows are appended and flushed in small chunks, so a run
-killed at any point resumes where it stopped. These files are small and committed.
+killed at any point resumes where it stopped.
+
+What is committed is the gzip of that file (``<data_version>.csv.gz``, about a third of
+its size: 100k+ labels in a few MB): a labeling pass that returns seals the plain file into
+it (:func:`seal`), and a later pass that needs to append unpacks it first. Readers take
+whichever exists (:func:`stored_labels`), the plain file first (it is the newer one).
 """
 
 from __future__ import annotations
 
 import csv
+import gzip
 import hashlib
+import os
+import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -36,11 +44,58 @@ def label_path(labels_dir: Path, teacher_id: str, version: str) -> Path:
     return labels_dir / teacher_id / f"{version}.csv"
 
 
+def packed_path(path: Path) -> Path:
+    """The committed, gzipped form of the label file ``path``."""
+    return path.with_name(path.name + ".gz")
+
+
+def stored_labels(path: Path) -> Path | None:
+    """The file that holds ``path``'s labels: the plain file (being written), else its gzip."""
+    if path.is_file():
+        return path
+    packed = packed_path(path)
+    return packed if packed.is_file() else None
+
+
+def seal(path: Path) -> Path | None:
+    """Gzip the plain label file into :func:`packed_path` and remove it; returns the gzip.
+
+    The archive is byte-for-byte reproducible (no name or time in its header), so
+    re-sealing unchanged labels leaves git with nothing to commit.
+    """
+    if not path.is_file():
+        return stored_labels(path)
+    packed = packed_path(path)
+    tmp = packed.with_name(packed.name + ".tmp")
+    with (
+        open(path, "rb") as source,
+        open(tmp, "wb") as raw,
+        gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0) as out,
+    ):
+        shutil.copyfileobj(source, out)
+    os.replace(tmp, packed)
+    path.unlink()
+    return packed
+
+
+def unseal(path: Path) -> None:
+    """Unpack a sealed label file so that labeling can append to it."""
+    packed = packed_path(path)
+    if path.is_file() or not packed.is_file():
+        return
+    tmp = path.with_name(path.name + ".tmp")
+    with gzip.open(packed, "rb") as source, open(tmp, "wb") as out:
+        shutil.copyfileobj(source, out)
+    os.replace(tmp, path)
+    packed.unlink()  # the plain file is now the one copy; sealing writes the gzip again
+
+
 def read_labels(path: Path) -> pd.DataFrame:
     """Labels written so far (empty frame when none); a torn last line is ignored."""
-    if not path.is_file():
+    source = stored_labels(path)
+    if source is None:
         return pd.DataFrame(columns=list(LABEL_COLUMNS))
-    frame = pd.read_csv(path, dtype={"query_key": str, "product_id": str}, on_bad_lines="skip")
+    frame = pd.read_csv(source, dtype={"query_key": str, "product_id": str}, on_bad_lines="skip")
     # A row torn by a kill mid-write lacks its last fields: drop it (it gets relabeled).
     frame = frame.dropna(subset=list(LABEL_COLUMNS))
     return frame.drop_duplicates(["query_key", "product_id"], keep="last").reset_index(drop=True)
@@ -67,6 +122,7 @@ class LabelWriter:
 
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
+        unseal(path)
         new_file = not path.is_file() or path.stat().st_size == 0
         if not new_file:
             with open(path, "rb") as existing:
@@ -117,9 +173,13 @@ def label_pairs(
     """Label the first ``limit`` pairs (in the set's order) that have no cached label yet.
 
     ``predict_proba(queries, titles)`` returns class probabilities of shape (n, 3).
-    Returns every cached label for the first ``limit`` pairs.
+    Returns every cached label for the first ``limit`` pairs. The file is sealed (gzip)
+    when the pass returns, stopped by ``max_seconds`` or not; a killed pass leaves the plain
+    file, which the next one continues.
     """
     wanted, todo = pending(pairs, path, limit)
+    if todo.empty:
+        return cached_labels(wanted, path)
     started = time.monotonic()
     with (
         LabelWriter(path) as writer,
@@ -132,4 +192,5 @@ def label_pairs(
             bar.update(len(chunk))
             if max_seconds is not None and time.monotonic() - started > max_seconds:
                 break
+    seal(path)
     return cached_labels(wanted, path)

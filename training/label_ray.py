@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from training.label import LabelWriter, cached_labels, pending
+from training.label import LabelWriter, cached_labels, pending, seal
 
 logger = logging.getLogger(__name__)
 
@@ -130,4 +130,5 @@ def label_pairs_ray(
             if max_seconds is not None and time.monotonic() - started > max_seconds:
                 break
     logger.info("ray: %d pairs labeled by %d actor(s) -> %s", written, actors, path)
+    seal(path)
     return cached_labels(wanted, path)

@@ -23,6 +23,7 @@ from training.artifacts import (
 from training.ensemble import Ensemble
 from training.ensemble_stage import decide, stage_ensemble
 from training.evaluation.systems import ENSEMBLE_ROW
+from training.label import seal, unseal
 from training.stages import stage_distill, stage_label
 
 SYSTEMS = ["llm", "human-only", "bm25", "ensemble", "ensemble without the LLM"]
@@ -39,9 +40,12 @@ def _with(config, use: str):
 
 
 def _rewrite_scores(path, change) -> None:
+    """Change the LLM's cached scores in place (the label file as labeling leaves it: sealed)."""
+    unseal(path)
     labels = pd.read_csv(path, dtype={"query_key": str, "product_id": str})
     labels["teacher_score"] = change(labels["teacher_score"].to_numpy())
     labels.to_csv(path, index=False)
+    seal(path)
 
 
 def test_the_report_shows_each_member_and_the_ensemble_with_and_without_the_llm(

@@ -7,7 +7,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from training.label import data_version, label_pairs, label_path, read_labels
+from training.label import (
+    data_version,
+    label_pairs,
+    label_path,
+    packed_path,
+    read_labels,
+    seal,
+    unseal,
+)
 
 
 class CountingTeacher:
@@ -61,7 +69,8 @@ def test_torn_last_line_is_relabeled(tmp_path: Path) -> None:
     path = tmp_path / "v.csv"
     pairs = _pairs(6)
     label_pairs(CountingTeacher(), pairs, path, limit=4)
-    # A run killed mid-write leaves half a row without a newline.
+    # A run killed mid-write leaves the plain file, with half a row without a newline.
+    unseal(path)
     text = path.read_text()
     path.write_text(text.rstrip("\r\n").rsplit("\n", 1)[0] + "\nq1,1003,0.6")
     assert len(read_labels(path)) == 3
@@ -78,3 +87,39 @@ def test_max_seconds_stops_and_resumes(tmp_path: Path) -> None:
     partial = label_pairs(CountingTeacher(), pairs, path, chunk_size=2, max_seconds=0.0)
     assert len(partial) == 2
     assert len(label_pairs(CountingTeacher(), pairs, path, chunk_size=2)) == 12
+
+
+def test_a_finished_pass_leaves_only_the_gzip_and_the_next_appends_to_it(tmp_path: Path) -> None:
+    path = tmp_path / "t" / "v.csv"
+    pairs = _pairs(9)
+    label_pairs(CountingTeacher(), pairs, path, limit=5, chunk_size=2)
+    assert not path.exists() and packed_path(path).is_file()  # what gets committed
+    sealed = packed_path(path).read_bytes()
+    assert len(read_labels(path)) == 5
+    teacher = CountingTeacher()
+    labels = label_pairs(teacher, pairs, path, chunk_size=2)
+    assert len(teacher.seen) == 4 and len(labels) == 9  # only the 4 new pairs
+    assert not path.exists() and len(read_labels(path)) == 9
+    # Sealing is reproducible: the same rows give the same bytes (nothing new to commit).
+    unseal(path)
+    plain = path.read_bytes()
+    seal(path)
+    unseal(path)
+    assert path.read_bytes() == plain
+    seal(path)
+    first = packed_path(path).read_bytes()
+    unseal(path)
+    seal(path)
+    assert packed_path(path).read_bytes() == first != sealed
+
+
+def test_the_plain_file_of_a_killed_pass_is_read_before_the_gzip(tmp_path: Path) -> None:
+    path = tmp_path / "v.csv"
+    pairs = _pairs(6)
+    label_pairs(CountingTeacher(), pairs, path, limit=3)
+    unseal(path)  # a pass that was then killed: it appended to the plain file
+    with open(path, "a") as handle:
+        handle.write("q1,1003,0.6,0.1,0.6,0.3\r\n")
+    assert len(read_labels(path)) == 4
+    teacher = CountingTeacher()
+    assert len(label_pairs(teacher, pairs, path)) == 6 and len(teacher.seen) == 2

@@ -19,7 +19,7 @@ from training.artifacts import (
     students_dir,
     teacher_labeled_augmentation,
 )
-from training.label import read_labels
+from training.label import packed_path, read_labels
 from training.stages import stage_distill, stage_label, stage_teacher
 
 
@@ -58,9 +58,12 @@ def test_label_stage_labels_a_test_sample_then_the_augmentation_prefix(tiny_pipe
         dataset.splits["test"]["query_key"]
     )
     assert not held_out & set(augmentation["query_key"])
-    before = augmentation_labels_path(config, dataset).read_text()
+    # What is committed: the sealed (gzip) label file, not the plain one labeling appends to.
+    path = augmentation_labels_path(config, dataset)
+    assert not path.exists() and packed_path(path).is_file()
+    before = packed_path(path).read_bytes()
     stage_label(config)  # resumes: nothing left to label
-    assert augmentation_labels_path(config, dataset).read_text() == before
+    assert packed_path(path).read_bytes() == before
     labeled = teacher_labeled_augmentation(config, dataset, size)
     assert list(labeled["product_id"]) == list(augmentation["product_id"][:size])
     assert labeled["teacher_score"].between(0, 1).all()

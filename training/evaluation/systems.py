@@ -27,14 +27,14 @@ from training.artifacts import (
 from training.config import TrainConfig
 from training.evaluation.baselines import latency_ms_per_pair
 from training.evaluation.report import committee_row_name, student_row_name
-from training.label import read_labels
+from training.label import read_labels, stored_labels
 
 logger = logging.getLogger(__name__)
 
 
 def teacher_scores_for(frame: pd.DataFrame, labels_file: Path | None) -> np.ndarray | None:
     """Teacher scores aligned to ``frame``'s rows, NaN where the file has no label."""
-    if labels_file is None or not labels_file.is_file():
+    if labels_file is None or stored_labels(labels_file) is None:
         return None
     labels = read_labels(labels_file).loc[:, ["query_key", "product_id", "teacher_score"]]
     merged = frame.loc[:, ["query_key", "product_id"]].merge(

@@ -21,6 +21,7 @@ from training.artifacts import (
     with_scores,
 )
 from training.config import TrainConfig
+from training.label import stored_labels
 
 
 def representation_run_name(architecture: str, augment_pairs: int) -> str:
@@ -41,12 +42,13 @@ def labeled_pairs(config: TrainConfig, dataset: Dataset) -> pd.DataFrame | None:
     path = labels_file(config)
     if path is None:
         return None
-    if not path.is_file():
+    stored = stored_labels(path)
+    if stored is None:
         raise PipelineError(
             f"representation.labels names {path}, which does not exist; set it to a label "
             "file under labels/ (e.g. committee-<id>/<version>-n<N>.csv) or to none"
         )
-    labels = pd.read_csv(path, dtype={"query_key": str, "product_id": str})
+    labels = pd.read_csv(stored, dtype={"query_key": str, "product_id": str})
     missing = {"query_key", "product_id", "teacher_score"} - set(labels.columns)
     if missing:
         raise PipelineError(f"{path} lacks the columns {sorted(missing)}")
