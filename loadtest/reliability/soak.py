@@ -32,7 +32,14 @@ def run(cfg: RunConfig, capacity: Capacity | None, duration_s: float) -> Row:
     with serving("soak", cfg, env={"RELEVANCE_LOG_LEVEL": "warning"}) as server:
         url, pid = server.url, server.process.pid
         deadline_s = get_json(url + "/info")["limits"]["default_deadline_ms"] / 1000
-        requests = scoring_requests(500, min_items=20, max_items=100, seed=cfg.seed + 7)
+        requests = scoring_requests(
+            # The soak cycles its bodies: repeats would be score-cache hits, not model work.
+            500,
+            min_items=20,
+            max_items=100,
+            seed=cfg.seed + 7,
+            cache=False,
+        )
         if capacity is None:  # overload did not run: a quick estimate of its own
             from loadtest.loadgen import closed_loop
             from loadtest.reliability.overload import CAPACITY_CONCURRENCY
