@@ -228,6 +228,13 @@ class Metrics:
             "The cost model's cost of one padded token (b in a + b * padded tokens).",
             registry=r,
         )
+        self.forecast_lateness = Gauge(
+            "relevance_admission_forecast_lateness_ratio",
+            "Answered over forecast latency of recent queued requests; scales admission's "
+            "forecasts (1 = the cost model is right).",
+            registry=r,
+        )
+        self.forecast_lateness.set(1.0)
         self.max_batch_size = Gauge(
             "relevance_max_batch_size_pairs",
             "The batch size in use (measured at warm-up unless RELEVANCE_MAX_BATCH_SIZE).",

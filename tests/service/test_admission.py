@@ -158,10 +158,11 @@ def test_work_already_scored_no_longer_counts() -> None:
 
 
 def test_a_larger_request_gets_a_proportionally_larger_budget() -> None:
-    admission = fitted(AdmissionConfig(latency_s=0.05, latency_items=4, batch_pairs=BATCH))
+    clock = Clock()
+    admission = fitted(AdmissionConfig(latency_s=0.05, latency_items=4, batch_pairs=BATCH), clock)
     with admission.reserve(1, tokens=300):  # 32 ms
         with admission.reserve(8, tokens=500):  # 8 items: due in 100 ms; 4 + 80 ms of work
-            pass
+            clock.now += 0.084  # answered as forecast (lateness stays 1)
         with pytest.raises(Overloaded), admission.reserve(4, tokens=200):  # 4 + 50 > 50 ms
             pass
 
@@ -303,3 +304,50 @@ def test_closed_admission_answers_not_ready_but_lets_held_reservations_finish() 
         assert await admission.wait_idle(0.01)
 
     asyncio.run(main())
+
+
+# -------------------------------------------------------------------------- lateness
+def test_requests_answered_later_than_forecast_make_admission_stricter() -> None:
+    clock = Clock()
+    registry = CollectorRegistry()
+    admission = Admission(
+        AdmissionConfig(latency_s=0.5, batch_pairs=BATCH), metrics=Metrics(registry), clock=clock
+    )
+    admission.fit(exact_runs())
+    admission.forecast.padding_factor = 1.0
+    # 8 pairs of 100 tokens: 82 ms of work, answered twice as late as forecast.
+    for _ in range(40):
+        with admission.reserve(8, tokens=800) as ticket:
+            assert ticket.forecast_s == pytest.approx(work_s(8, 800))
+            clock.now += 2 * ticket.forecast_s
+    assert admission.lateness == pytest.approx(2.0, abs=0.05)
+    gauge = registry.get_sample_value("relevance_admission_forecast_lateness_ratio")
+    assert gauge == pytest.approx(admission.lateness)
+    # By the cost model alone four such requests fit the 500 ms budget (328 ms); at twice
+    # that the fourth would finish at 656 ms: it is refused, the third still admitted.
+    with admission.reserve(8, tokens=800), admission.reserve(8, tokens=800) as second:
+        assert admission.forecast_s(second) == pytest.approx(2 * admission.lateness * 0.082)
+        third = admission.reserve(8, tokens=800)
+        with third, pytest.raises(Overloaded), admission.reserve(8, tokens=800):
+            pass
+    assert admission.load()["lateness"] == pytest.approx(admission.lateness, abs=1e-3)
+
+
+def test_lateness_ignores_short_forecasts_and_failed_requests_and_stays_bounded() -> None:
+    clock = Clock()
+    admission = fitted(AdmissionConfig(latency_s=10.0, batch_pairs=BATCH), clock)
+    with admission.reserve(1, tokens=10):  # 3 ms forecast: mostly fixed cost, not learned
+        clock.now += 1.0
+    assert admission.lateness == 1.0
+    with contextlib.suppress(RuntimeError), admission.reserve(8, tokens=8000):  # 802 ms
+        clock.now += 10.0
+        raise RuntimeError("the model failed: not an answer, nothing learned")
+    assert admission.lateness == 1.0
+    for _ in range(100):
+        with admission.reserve(8, tokens=8000):
+            clock.now += 100.0  # absurdly late: the ratio is capped
+    assert admission.lateness == pytest.approx(3.0)
+    for _ in range(100):
+        with admission.reserve(8, tokens=8000):
+            pass  # answered at once (the clock does not move): the floor holds
+    assert admission.lateness == pytest.approx(0.5)
