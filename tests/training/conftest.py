@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import pytest
 
 # 24 product types; each query has four items graded 3, 2.33, 1.67 and 1, so every
@@ -19,6 +20,32 @@ PRODUCT_TYPES = (
     "fence post", "storage bin",
 )  # fmt: skip
 BRANDS = ("Acme", "Behr", "Delta", "Moen", "Ryobi", "Stanley")
+
+
+def human_pairs() -> pd.DataFrame:
+    """Five human-graded pairs of two queries (the distillation tests' training rows)."""
+    return pd.DataFrame(
+        {
+            "query": ["angle bracket"] * 3 + ["hose"] * 2,
+            "query_key": ["angle bracket"] * 3 + ["hose"] * 2,
+            "product_id": ["1", "2", "3", "4", "5"],
+            "title": ["Angle bracket", "Angle iron", "Deck screw", "Garden hose", "Hose reel"],
+            "grade": [3.0, 2.0, 1.0, 3.0, 2.33],
+        }
+    )
+
+
+def teacher_pairs() -> pd.DataFrame:
+    """Three teacher-labeled pairs, two of them for a query of :func:`human_pairs`."""
+    return pd.DataFrame(
+        {
+            "query": ["angle bracket", "angle bracket", "tile saw"],
+            "query_key": ["angle bracket", "angle bracket", "tile saw"],
+            "product_id": ["9", "8", "7"],
+            "title": ["Corner brace", "Shelf bracket", "Wet tile saw"],
+            "teacher_score": [0.7, 0.4, 0.9],
+        }
+    )
 
 
 def write_tiny_dataset(path: Path) -> Path:

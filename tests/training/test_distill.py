@@ -6,9 +6,9 @@ import itertools
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import pytest
 
+from tests.training.conftest import human_pairs, teacher_pairs
 from training.artifacts import read_run
 from training.config import LossConfig, StudentConfig
 from training.distill import (
@@ -20,32 +20,8 @@ from training.distill import (
 )
 
 
-def _human() -> pd.DataFrame:
-    return pd.DataFrame(
-        {
-            "query": ["angle bracket"] * 3 + ["hose"] * 2,
-            "query_key": ["angle bracket"] * 3 + ["hose"] * 2,
-            "product_id": ["1", "2", "3", "4", "5"],
-            "title": ["Angle bracket", "Angle iron", "Deck screw", "Garden hose", "Hose reel"],
-            "grade": [3.0, 2.0, 1.0, 3.0, 2.33],
-        }
-    )
-
-
-def _teacher() -> pd.DataFrame:
-    return pd.DataFrame(
-        {
-            "query": ["angle bracket", "angle bracket", "tile saw"],
-            "query_key": ["angle bracket", "angle bracket", "tile saw"],
-            "product_id": ["9", "8", "7"],
-            "title": ["Corner brace", "Shelf bracket", "Wet tile saw"],
-            "teacher_score": [0.7, 0.4, 0.9],
-        }
-    )
-
-
 def test_training_frame_targets_and_groups() -> None:
-    frame = training_frame(_human(), _teacher())
+    frame = training_frame(human_pairs(), teacher_pairs())
     human = frame[frame["source"] == "human"]
     assert list(human["target"]) == pytest.approx([1.0, 0.5, 0.0, 1.0, 0.665])
     assert list(frame[frame["source"] == "teacher"]["target"]) == [0.7, 0.4, 0.9]
@@ -53,22 +29,22 @@ def test_training_frame_targets_and_groups() -> None:
     angle = frame[frame["query_key"] == "angle bracket"]
     assert angle.groupby("source")["group"].nunique().tolist() == [1, 1]
     assert angle["group"].nunique() == 2
-    assert len(training_frame(_human())) == 5
+    assert len(training_frame(human_pairs())) == 5
 
 
-# The teacher's scores of _human()'s five pairs.
+# The teacher's scores of human_pairs()'s five pairs.
 HUMAN_TEACHER = np.array([0.9, 0.6, 0.2, 0.8, 0.7])
 
 
 def test_human_pairs_take_the_teachers_scores_or_a_blend() -> None:
     grades = np.array([1.0, 0.5, 0.0, 1.0, 0.665])
     teacher = training_frame(
-        _human(), _teacher(), HUMAN_TEACHER, LossConfig(human_teacher_weight=1.0)
+        human_pairs(), teacher_pairs(), HUMAN_TEACHER, LossConfig(human_teacher_weight=1.0)
     )
     human = teacher[teacher["source"] == "human"]
     assert list(human["target"]) == pytest.approx(list(HUMAN_TEACHER))
     blend = training_frame(
-        _human(), _teacher(), HUMAN_TEACHER, LossConfig(human_teacher_weight=0.25)
+        human_pairs(), teacher_pairs(), HUMAN_TEACHER, LossConfig(human_teacher_weight=0.25)
     )
     human = blend[blend["source"] == "human"]
     assert list(human["target"]) == pytest.approx(list(0.75 * grades + 0.25 * HUMAN_TEACHER))
@@ -80,7 +56,9 @@ def test_human_pairs_take_the_teachers_scores_or_a_blend() -> None:
 
 
 def test_margins_on_the_teachers_scale_span_human_and_augmentation_pairs() -> None:
-    frame = training_frame(_human(), _teacher(), HUMAN_TEACHER, LossConfig(margin_scale="teacher"))
+    frame = training_frame(
+        human_pairs(), teacher_pairs(), HUMAN_TEACHER, LossConfig(margin_scale="teacher")
+    )
     human = frame[frame["source"] == "human"]
     # Pointwise stays on the grades (weight 0); every margin is the teacher's.
     assert list(human["target"]) == pytest.approx([1.0, 0.5, 0.0, 1.0, 0.665])
@@ -94,22 +72,24 @@ def test_margins_on_the_teachers_scale_span_human_and_augmentation_pairs() -> No
 
 def test_teacher_targets_need_the_teachers_scores_of_every_human_pair() -> None:
     with pytest.raises(ValueError, match="teacher's scores of the human"):
-        training_frame(_human(), _teacher(), None, LossConfig(margin_scale="teacher"))
+        training_frame(human_pairs(), teacher_pairs(), None, LossConfig(margin_scale="teacher"))
     with pytest.raises(ValueError, match="each of the 5"):
         training_frame(
-            _human(),
+            human_pairs(),
             None,
             np.array([0.1, np.nan, 0.3, 0.4, 0.5]),
             LossConfig(human_teacher_weight=1),
         )
     # The default loss needs none and ignores any given.
-    assert list(training_frame(_human(), None, HUMAN_TEACHER)["target"]) == pytest.approx(
+    assert list(training_frame(human_pairs(), None, HUMAN_TEACHER)["target"]) == pytest.approx(
         [1.0, 0.5, 0.0, 1.0, 0.665]
     )
 
 
 def test_assistant_scores_blend_into_both_targets() -> None:
-    frame = training_frame(_human(), _teacher(), HUMAN_TEACHER, LossConfig(margin_scale="teacher"))
+    frame = training_frame(
+        human_pairs(), teacher_pairs(), HUMAN_TEACHER, LossConfig(margin_scale="teacher")
+    )
     assistant = np.linspace(0.1, 0.8, len(frame))
     blended = with_assistant(frame, assistant, 0.5)
     assert list(blended["target"]) == pytest.approx(list(0.5 * frame["target"] + 0.5 * assistant))
@@ -122,9 +102,9 @@ def test_assistant_scores_blend_into_both_targets() -> None:
 
 
 def test_training_frame_rejects_out_of_range_targets() -> None:
-    bad = _teacher().assign(teacher_score=[1.5, 0.1, 0.2])
+    bad = teacher_pairs().assign(teacher_score=[1.5, 0.1, 0.2])
     with pytest.raises(ValueError, match=r"\[0, 1\]"):
-        training_frame(_human(), bad)
+        training_frame(human_pairs(), bad)
 
 
 def test_lr_schedule_warms_up_then_decays() -> None:
@@ -136,7 +116,7 @@ def test_lr_schedule_warms_up_then_decays() -> None:
 
 
 def test_selection_subset_keeps_queries_with_two_grades() -> None:
-    human = _human().assign(grade=[3.0, 3.0, 3.0, 3.0, 2.0])
+    human = human_pairs().assign(grade=[3.0, 3.0, 3.0, 3.0, 2.0])
     subset = selection_subset(human, None, seed=0)
     assert set(subset["query_key"]) == {"hose"}
 
@@ -148,7 +128,12 @@ def test_train_student_saves_a_finished_run(tiny_student_dir: Path, tmp_path: Pa
     )  # fmt: skip
     out = tmp_path / "run"
     record = train_student(
-        training_frame(_human(), _teacher()), _human(), student, LossConfig(), out, {"name": "x"}
+        training_frame(human_pairs(), teacher_pairs()),
+        human_pairs(),
+        student,
+        LossConfig(),
+        out,
+        {"name": "x"},
     )
     assert read_run(out) == record
     assert record["name"] == "x" and record["steps"] >= 4
@@ -171,12 +156,14 @@ def test_train_student_takes_margins_of_the_margin_targets(
             return super().terms(logits, targets, groups, margin_targets)
 
     monkeypatch.setattr(training.distill, "HybridDistillationLoss", Spy)
-    frame = training_frame(_human(), _teacher(), HUMAN_TEACHER, LossConfig(margin_scale="teacher"))
+    frame = training_frame(
+        human_pairs(), teacher_pairs(), HUMAN_TEACHER, LossConfig(margin_scale="teacher")
+    )
     student = StudentConfig(
         backbone=str(tiny_student_dir), batch_size=4, items_per_query=3, epochs=1.0,
         eval_every_steps=100, validation_queries=None, threads=1,
     )  # fmt: skip
-    train_student(frame, _human(), student, LossConfig(), tmp_path / "run")
+    train_student(frame, human_pairs(), student, LossConfig(), tmp_path / "run")
     # One epoch visits each row once: the margin targets fed are the frame's, not the
     # pointwise ones (which differ on the human rows).
     pointwise = sorted(t for batch, _ in seen for t in batch)
@@ -206,10 +193,10 @@ def test_an_interrupted_student_resumes_where_it_stopped(
     import training.distill
     from training.losses import HybridDistillationLoss
 
-    frame = training_frame(_human(), _teacher())
+    frame = training_frame(human_pairs(), teacher_pairs())
     student = _resumable_student(tiny_student_dir)
     record = {"fingerprint": "f1"}
-    whole = train_student(frame, _human(), student, LossConfig(), tmp_path / "whole", record)
+    whole = train_student(frame, human_pairs(), student, LossConfig(), tmp_path / "whole", record)
 
     calls = itertools.count(1)
 
@@ -222,12 +209,12 @@ def test_an_interrupted_student_resumes_where_it_stopped(
     monkeypatch.setattr(training.distill, "HybridDistillationLoss", StopsAtStep4)
     run = tmp_path / "run"
     with pytest.raises(KeyboardInterrupt):
-        train_student(frame, _human(), student, LossConfig(), run, record)
+        train_student(frame, human_pairs(), student, LossConfig(), run, record)
     assert not run.exists()
     assert (tmp_path / "run.checkpoint" / "state.pt").is_file()
 
     monkeypatch.undo()
-    resumed = train_student(frame, _human(), student, LossConfig(), run, record)
+    resumed = train_student(frame, human_pairs(), student, LossConfig(), run, record)
     assert resumed["resumed_at_step"] == 3 and whole["resumed_at_step"] is None
     assert resumed["history"] == [
         {**h, "elapsed_s": pytest.approx(h["elapsed_s"], abs=1e9)} for h in whole["history"]
@@ -257,17 +244,17 @@ def test_a_checkpoint_of_another_run_is_discarded(
                 raise KeyboardInterrupt
             return super().combine(terms)
 
-    frame = training_frame(_human(), _teacher())
+    frame = training_frame(human_pairs(), teacher_pairs())
     student = _resumable_student(tiny_student_dir)
     monkeypatch.setattr(training.distill, "HybridDistillationLoss", StopsAtOnce)
     with pytest.raises(KeyboardInterrupt):
         train_student(
-            frame, _human(), student, LossConfig(), tmp_path / "run", {"fingerprint": "a"}
+            frame, human_pairs(), student, LossConfig(), tmp_path / "run", {"fingerprint": "a"}
         )
     monkeypatch.undo()
     # Another fingerprint (another config or data) must start from scratch.
     other = train_student(
-        frame, _human(), student, LossConfig(), tmp_path / "run", {"fingerprint": "b"}
+        frame, human_pairs(), student, LossConfig(), tmp_path / "run", {"fingerprint": "b"}
     )
     assert other["resumed_at_step"] is None
 
@@ -277,7 +264,11 @@ def test_bf16_autocast_trains_with_fp32_weights(tiny_student_dir: Path, tmp_path
         update={"precision": "bf16", "epochs": 1.0}
     )
     record = train_student(
-        training_frame(_human(), _teacher()), _human(), student, LossConfig(), tmp_path / "run"
+        training_frame(human_pairs(), teacher_pairs()),
+        human_pairs(),
+        student,
+        LossConfig(),
+        tmp_path / "run",
     )
     assert record["precision"] == "bf16"
     assert all(w.dtype == np.float32 for w in _weights(tmp_path / "run").values())

@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 import torch
 
+from tests.training.conftest import human_pairs, teacher_pairs
 from training.artifacts import PipelineError, load_augmentation, load_dataset, read_run
 from training.config import LossConfig, RepresentationConfig, StudentConfig
 from training.distill import train_student, training_frame
@@ -121,29 +122,8 @@ def test_representation_knobs_leave_cross_encoder_fingerprints(make_tiny_config,
 # ------------------------------------------------------------ resumable, BF16 (training/fit_loop)
 
 
-def _human() -> pd.DataFrame:
-    return pd.DataFrame(
-        {
-            "query": ["angle bracket"] * 3 + ["hose"] * 2,
-            "query_key": ["angle bracket"] * 3 + ["hose"] * 2,
-            "product_id": ["1", "2", "3", "4", "5"],
-            "title": ["Angle bracket", "Angle iron", "Deck screw", "Garden hose", "Hose reel"],
-            "grade": [3.0, 2.0, 1.0, 3.0, 2.33],
-        }
-    )
-
-
 def _frame() -> pd.DataFrame:
-    teacher = pd.DataFrame(
-        {
-            "query": ["angle bracket", "angle bracket", "tile saw"],
-            "query_key": ["angle bracket", "angle bracket", "tile saw"],
-            "product_id": ["9", "8", "7"],
-            "title": ["Corner brace", "Shelf bracket", "Wet tile saw"],
-            "teacher_score": [0.7, 0.4, 0.9],
-        }
-    )
-    return training_frame(_human(), teacher)
+    return training_frame(human_pairs(), teacher_pairs())
 
 
 def _resumable(tiny_student_dir: Path) -> tuple[StudentConfig, RepresentationConfig]:
@@ -187,20 +167,22 @@ def test_an_interrupted_representation_run_resumes_where_it_stopped(
     student, settings = _resumable(tiny_student_dir)
     frame, record = _frame(), {"fingerprint": "r1"}
     whole = train_representation(
-        frame, _human(), student, LossConfig(), tmp_path / "whole", record, settings=settings
+        frame, human_pairs(), student, LossConfig(), tmp_path / "whole", record, settings=settings
     )
 
     stops = type("StopsAtStep4", (_StopsAt,), {"stop_at": 4, "calls": 0})
     monkeypatch.setattr(module, "HybridDistillationLoss", stops)
     run = tmp_path / "run"
     with pytest.raises(KeyboardInterrupt):
-        train_representation(frame, _human(), student, LossConfig(), run, record, settings=settings)
+        train_representation(
+            frame, human_pairs(), student, LossConfig(), run, record, settings=settings
+        )
     assert not run.exists()
     assert (tmp_path / "run.checkpoint" / "state.pt").is_file()
 
     monkeypatch.undo()
     resumed = train_representation(
-        frame, _human(), student, LossConfig(), run, record, settings=settings
+        frame, human_pairs(), student, LossConfig(), run, record, settings=settings
     )
     assert resumed["resumed_at_step"] == 3 and whole["resumed_at_step"] is None
     assert resumed["precision"] == whole["precision"] == "fp32"
@@ -230,12 +212,12 @@ def test_a_cross_encoder_checkpoint_is_not_resumed_as_a_representation_run(
     stops = type("StopsAtStep3", (_StopsAt,), {"stop_at": 3, "calls": 0})
     monkeypatch.setattr(training.distill, "HybridDistillationLoss", stops)
     with pytest.raises(KeyboardInterrupt):
-        train_student(frame, _human(), student, LossConfig(), run, record)
+        train_student(frame, human_pairs(), student, LossConfig(), run, record)
     monkeypatch.undo()
     assert (tmp_path / "run.checkpoint" / "state.pt").is_file()
     # Same rows, steps, seed, fingerprint and place: only the kind differs.
     other = train_representation(
-        frame, _human(), student, LossConfig(), run, record, settings=settings
+        frame, human_pairs(), student, LossConfig(), run, record, settings=settings
     )
     assert other["resumed_at_step"] is None
 
@@ -246,7 +228,7 @@ def test_bf16_autocast_trains_a_representation_with_fp32_weights(
     student, settings = _resumable(tiny_student_dir)
     student = student.model_copy(update={"precision": "bf16", "epochs": 1.0})
     record = train_representation(
-        _frame(), _human(), student, LossConfig(), tmp_path / "run", settings=settings
+        _frame(), human_pairs(), student, LossConfig(), tmp_path / "run", settings=settings
     )
     assert record["precision"] == "bf16"
     assert all(w.dtype == np.float32 for w in _weights(tmp_path / "run").values())
