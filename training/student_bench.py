@@ -14,7 +14,6 @@ of their scores on validation pairs (never test) afterwards.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import copy
 import json
 import time
@@ -26,6 +25,7 @@ import torch
 from training.config import load_config
 from training.data import load_labeled, query_subset, split_by_query
 from training.distill import training_frame
+from training.fit_loop import autocast
 from training.losses import HybridDistillationLoss
 from training.student import build_student, encode_batch, predict_scores, query_grouped_batches
 from training.teacher_bench import _cpu_flags
@@ -66,11 +66,8 @@ def main(argv: list[str] | None = None) -> int:
         name: torch.optim.AdamW(model.parameters(), lr=student.learning_rate)
         for name, model in copies.items()
     }
-    contexts = {
-        "fp32": contextlib.nullcontext,
-        "bf16": lambda: torch.autocast("cpu", dtype=torch.bfloat16),
-        "fp32-reseeded": contextlib.nullcontext,
-    }
+    # The precision each copy trains in, through the training loop's own autocast.
+    precisions = {"fp32": "fp32", "bf16": "bf16", "fp32-reseeded": "fp32"}
     seconds = dict.fromkeys(copies, 0.0)
     pairs = dict.fromkeys(copies, 0)
     losses: dict[str, list[float]] = {name: [] for name in copies}
@@ -79,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
         model, optimizer = copies[name], optimizers[name]
         started = time.perf_counter()
         inputs = encode_batch(tokenizer, [queries[i] for i in index], [titles[i] for i in index])
-        with contexts[name]():
+        with autocast(model, precisions[name]):
             logits = model(**inputs).logits
         loss = loss_fn(logits.float(), targets[index], torch.from_numpy(groups[index]))
         optimizer.zero_grad(set_to_none=True)
