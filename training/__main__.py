@@ -15,6 +15,8 @@ Examples::
     python -m training label --limit 26564               # teacher labels, resumable
     python -m training label --engine ray                # the same on Ray Data actors
     python -m training distill --size 26564              # + 26,564 teacher-labeled pairs
+    python -m training distill --run human-only-seed14 --set student.threads=1
+                                                         # one run of the curve (2 at once)
     python -m training small --set 'small.layers=[[1, 3, 5]]'   # from distill-n<largest>
     python -m training committee --set committee.members=human-only,distill-n26564
     python -m training represent --set representation.architecture=late-interaction \
@@ -118,6 +120,11 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         help="distill: augmentation size (0 = human only); repeatable",
     )
+    parser.add_argument(
+        "--run",
+        action="append",
+        help="distill: train only this run of the curve (e.g. distill-n106256-s14); repeatable",
+    )
     parser.add_argument("--limit", type=int, help="label: label the first LIMIT augmentation pairs")
     parser.add_argument(
         "--engine",
@@ -203,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
         elif args.stage == "label":
             stage_label(config, limit=args.limit, max_seconds=args.max_seconds)
         elif args.stage == "distill":
-            stage_distill(config, sizes=args.size, force=args.force)
+            stage_distill(config, sizes=args.size, force=args.force, runs=args.run)
         elif args.stage == "small":
             stage_small(config, force=args.force)
         elif args.stage == "committee":

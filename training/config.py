@@ -43,6 +43,10 @@ _NEUTRAL_VALUES: dict[tuple[str, str], Any] = {
 _RUNTIME_FIELDS: tuple[tuple[str, str], ...] = (
     ("student", "checkpoint_minutes"),
     ("student", "precision"),
+    # Two 1-thread trainings side by side train 1.47x the pairs/s of one at 2 threads on
+    # these 2-core machines (python -m training.student_bench, session 8): the thread
+    # count is a scheduling choice, not part of the student.
+    ("student", "threads"),
 )
 
 

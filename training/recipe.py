@@ -22,6 +22,7 @@ import pandas as pd
 
 from training.artifacts import (
     Dataset,
+    PipelineError,
     curve_sizes,
     human_only_config,
     human_teacher_scores,
@@ -98,6 +99,22 @@ def curve_runs(
             )
         )
     return runs
+
+
+def select_runs(runs: list[CurveRun], names: Sequence[str] | None) -> list[CurveRun]:
+    """The runs named ``names`` in that order (all of ``runs`` for None).
+
+    Raises PipelineError naming the known runs when a name is not one of them.
+    """
+    if names is None:
+        return runs
+    by_name = {run.name: run for run in runs}
+    unknown = [n for n in names if n not in by_name]
+    if unknown:
+        raise PipelineError(
+            f"unknown run(s) {', '.join(unknown)}; the curve's runs: {', '.join(by_name)}"
+        )
+    return [by_name[n] for n in names]
 
 
 def distill_frame(

@@ -281,16 +281,20 @@ def fit_run(
 
 
 def stage_distill(
-    config: TrainConfig, sizes: Sequence[int] | None = None, force: bool = False
+    config: TrainConfig,
+    sizes: Sequence[int] | None = None,
+    force: bool = False,
+    runs: Sequence[str] | None = None,
 ) -> list[Path]:
     """Train one student per augmentation size (0 = human only); finished runs are kept.
 
     Without ``sizes``: the whole curve with its seed and term-matching variants
-    (:func:`training.recipe.curve_runs`).
+    (:func:`training.recipe.curve_runs`); ``runs`` keeps only the curve's runs of those
+    names, in that order (two processes can then share the curve's work).
     """
     from training.distill import train_student
     from training.mirror_ingest import mirror_fingerprint, mirror_run_name, mirror_training_pairs
-    from training.recipe import curve_runs, distill_frame, run_fields
+    from training.recipe import curve_runs, distill_frame, run_fields, select_runs
 
     dataset = load_dataset(config)
     # Ingested live traffic (python -m training ingest-mirror) joins every run's teacher
@@ -345,7 +349,7 @@ def stage_distill(
             train=functools.partial(train_student, selection_seed=config.student.seed),
             frame=lambda labeled, run=run: distill_frame(run.config, dataset, labeled),
         )
-        for run in curve_runs(config, dataset, sizes, name=name)
+        for run in select_runs(curve_runs(config, dataset, sizes, name=name), runs)
     ]
 
 

@@ -119,7 +119,13 @@ def test_full_teacher_recipe_distils_on_the_teachers_scale() -> None:
 
 def test_how_a_student_run_goes_is_not_its_identity() -> None:
     base = load_config(environ={})
-    for runtime in ({"checkpoint_minutes": 1.0}, {"precision": "fp32"}, {"precision": "bf16"}):
+    runtimes = (
+        {"checkpoint_minutes": 1.0},
+        {"precision": "fp32"},
+        {"precision": "bf16"},
+        {"threads": 7},
+    )
+    for runtime in runtimes:
         changed = load_config(overrides={"student": runtime}, environ={})
         assert changed.fingerprint("student") == base.fingerprint("student")
     # What it learns from still is.

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from training.artifacts import curve_sizes, student_fingerprint
+from training.artifacts import PipelineError, curve_sizes, student_fingerprint
 from training.evaluation.report import student_row_name
-from training.recipe import TERM_MATCHING_RULE, curve_runs, student_run_results
+from training.recipe import TERM_MATCHING_RULE, curve_runs, select_runs, student_run_results
 
 
 def test_curve_runs_add_seeds_at_both_ends_and_the_term_matching_flip(
@@ -67,6 +67,14 @@ def test_curve_runs_add_seeds_at_both_ends_and_the_term_matching_flip(
         "human-only",
         f"distill-n{small}",
     ]
+    # Named runs: those only, in the order asked (two processes share the curve's work).
+    chosen = select_runs(runs, [f"distill-n{large}-seed7", "human-only"])
+    assert [(r.name, r.config.student.seed) for r in chosen] == [
+        (f"distill-n{large}-seed7", 7),
+        ("human-only", 13),
+    ]
+    with pytest.raises(PipelineError, match=r"human-only-seed9.*the curve's runs: human-only"):
+        select_runs(runs, ["human-only-seed9"])
 
 
 def _record(name: str, size: int, seed: int, validation: float, **extra) -> dict:
