@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -47,34 +48,30 @@ class BatchRun:
     backlogged: bool  # a packed batch was waiting for the model when it ended
 
 
-class InferenceWorker:
-    """Takes batches from a :class:`MicroBatcher` and runs them, one at a time."""
+class BatchWorker:
+    """One model thread that takes a :class:`MicroBatcher`'s batches and runs them, one at
+    a time; a batch that raises fails its requests and never stalls the queue.
 
-    def __init__(
-        self,
-        batcher: MicroBatcher,
-        run_batch: RunBatch,
-        metrics: Metrics | None = None,
-        on_batch: Callable[[BatchRun], None] | None = None,
-    ) -> None:
+    Subclasses say what running a batch means (:meth:`_run`).
+    """
+
+    def __init__(self, batcher: MicroBatcher, name: str) -> None:
         self._batcher = batcher
-        self._run_batch = run_batch
-        self._metrics = metrics
-        self._on_batch = on_batch
+        self._name = name
         self._pool: ThreadPoolExecutor | None = None
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        """Start the inference task and its thread on the running loop."""
+        """Start the worker's task and its thread on the running loop."""
         if self._task is not None:
             return
-        self._pool = ThreadPoolExecutor(1, thread_name_prefix="relevance-infer")
-        self._task = asyncio.create_task(self._loop(), name="relevance-inference")
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix=f"relevance-{self._name}")
+        self._task = asyncio.create_task(self._loop(), name=f"relevance-{self._name}")
 
     async def stop(self, timeout_s: float = 30.0) -> None:
         """Wait (up to ``timeout_s``) for the batcher's last batch, then release the thread."""
         if self._task is not None and not await finish(self._task, timeout_s):
-            log.warning("shutdown timeout: the batch in the model was abandoned")
+            log.warning("shutdown timeout: the %s batch in the model was abandoned", self._name)
         if self._pool is not None:
             self._pool.shutdown(wait=False, cancel_futures=True)
         self._task = None
@@ -87,10 +84,34 @@ class InferenceWorker:
             try:
                 await self._run(batch)
             except Exception as exc:  # a bug here must fail the batch, never stall the queue
-                log.exception("batch of %d pairs failed", len(batch.items))
+                log.exception("%s batch of %d rows failed", self._name, len(batch.items))
                 fail(batch.items, InferenceFailed(f"inference failed: {type(exc).__name__}"))
             finally:
                 self._batcher.release()
+
+    async def _in_thread(self, call: Callable[..., Any], *args: Any) -> Any:
+        """``call(*args)`` on the worker's model thread."""
+        assert self._pool is not None
+        return await asyncio.get_running_loop().run_in_executor(self._pool, call, *args)
+
+    async def _run(self, batch: Batch) -> None:
+        raise NotImplementedError
+
+
+class InferenceWorker(BatchWorker):
+    """The cross-encoder's worker: a batch's logits resolve its requests."""
+
+    def __init__(
+        self,
+        batcher: MicroBatcher,
+        run_batch: RunBatch,
+        metrics: Metrics | None = None,
+        on_batch: Callable[[BatchRun], None] | None = None,
+    ) -> None:
+        super().__init__(batcher, "inference")
+        self._run_batch = run_batch
+        self._metrics = metrics
+        self._on_batch = on_batch
 
     async def _run(self, batch: Batch) -> None:
         trimmed = self._batcher.trim(batch)
@@ -99,10 +120,8 @@ class InferenceWorker:
         items, inputs = trimmed.items, trimmed.inputs
         n_pairs, width = inputs["input_ids"].shape
         started = time.monotonic()
-        assert self._pool is not None
-        loop = asyncio.get_running_loop()
         try:
-            logits = await loop.run_in_executor(self._pool, self._run_batch, inputs)
+            logits = await self._in_thread(self._run_batch, inputs)
             logits = np.asarray(logits, dtype=np.float32).reshape(-1)
             if logits.shape != (n_pairs,):
                 raise ValueError(f"model returned {logits.shape[0]} logits for {n_pairs} pairs")
@@ -138,10 +157,22 @@ class InferenceWorker:
             m.queue_wait.observe(started - it.enqueued_at)
 
 
-def deliver(items: Sequence[Pending], logits: np.ndarray, started: float, elapsed: float) -> None:
-    """Write a batch's logits into its requests; a request complete with it is resolved."""
+def _finite_logit(logit: Any) -> bool:
+    return math.isfinite(float(logit))
+
+
+def deliver(
+    items: Sequence[Pending],
+    values: Sequence[Any],
+    started: float,
+    elapsed: float,
+    finite: Callable[[Any], bool] = _finite_logit,
+    what: str = "score",
+) -> None:
+    """Write a batch's rows (a logit each, or a text's vectors) into their requests; a
+    request complete with it is resolved, one with a non-finite ``what`` fails."""
     seen: set[int] = set()
-    for it, logit in zip(items, logits, strict=True):
+    for it, value in zip(items, values, strict=True):
         request: PendingRequest = it.request
         if request.future.done():  # cancelled or failed while the batch ran
             continue
@@ -150,10 +181,10 @@ def deliver(items: Sequence[Pending], logits: np.ndarray, started: float, elapse
             request.batches += 1
             request.inference_s += elapsed
         request.queue_s = max(request.queue_s, started - it.enqueued_at)
-        if not math.isfinite(float(logit)):
-            request.future.set_exception(InferenceFailed("the model returned a non-finite score"))
+        if not finite(value):
+            request.future.set_exception(InferenceFailed(f"the model returned a non-finite {what}"))
             continue
-        request.logits[it.index] = logit
+        request.logits[it.index] = value
         request.remaining -= 1
         if request.remaining == 0:
             result = BatchResult(

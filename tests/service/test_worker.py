@@ -145,3 +145,45 @@ def test_each_batch_is_reported_with_its_size_and_backlog() -> None:
     assert [r.backlogged for r in runs] == [True, False, False]
     assert [(r.width, r.real_tokens) for r in runs] == [(3, 12), (3, 12), (3, 6)]
     assert runs[0].started + runs[0].elapsed_s <= runs[1].started
+
+
+@pytest.mark.parametrize("per_token", [False, True])
+def test_a_vector_lane_gives_each_text_its_vectors_and_fails_only_a_non_finite_one(
+    per_token: bool,
+) -> None:
+    from relevance_core.representation import BI_ENCODER, LATE_INTERACTION
+    from service.vector_lane import VectorLane
+
+    def encode(side: str, inputs: dict[str, np.ndarray]) -> np.ndarray:
+        ids = inputs["input_ids"].astype(np.float32)
+        out = np.repeat(ids[:, :, None], 2, axis=2) if per_token else ids[:, :2].copy()
+        out[ids[:, 0] == 999] = np.nan  # the text starting with token 999 breaks the model
+        return out
+
+    architecture = LATE_INTERACTION if per_token else BI_ENCODER
+    lane = VectorLane(
+        "item", BatcherConfig(max_batch_size=8, max_wait_ms=0), encode, architecture, None
+    )
+
+    async def main() -> tuple[Any, BaseException | None]:
+        await lane.start()
+        try:
+            good = [make_pair(3, seed=1), make_pair(5, seed=2)]
+            result = await lane.encode(good, deadline=time.monotonic() + 5)
+            bad = make_pair(3, seed=3)
+            bad.input_ids[0] = 999
+            failed = await asyncio.gather(
+                lane.encode([bad], deadline=time.monotonic() + 5), return_exceptions=True
+            )
+            return (result, good), failed[0]
+        finally:
+            await lane.stop(5)
+
+    (result, good), failed = asyncio.run(main())
+    for row, pair in zip(result.logits, good, strict=True):
+        ids = pair.input_ids.astype(np.float32)
+        if per_token:  # one vector per real token, the padding cut off
+            assert row.shape == (len(pair), 2) and (row[:, 0] == ids).all()
+        else:
+            assert row.shape == (2,) and (row == ids[:2]).all()
+    assert isinstance(failed, InferenceFailed) and "non-finite vector" in str(failed)
