@@ -212,8 +212,15 @@ class Admission:
         return self._raw_forecast_s(ticket) * self.lateness
 
     def _raw_forecast_s(self, ticket: Ticket) -> float:
+        """The cost model's forecast of ``ticket``'s answer, before lateness (what
+        lateness itself learns against)."""
         ahead = [t for t in self._tickets if t.key <= ticket.key]
         return self._model_work_s(ahead) + self.forecast.overhead_s
+
+    def _answered_in_s(self, pairs: int, tokens: float) -> float:
+        """Seconds until work of ``pairs`` pairs and ``tokens`` tokens, and a request's
+        overhead, are done: the one formula every admission decision uses."""
+        return (self.forecast.work_s(pairs, tokens) + self.forecast.overhead_s) * self.lateness
 
     def _learn_lateness(self, ticket: Ticket) -> None:
         """An admitted request was answered: how late against its forecast."""
@@ -301,27 +308,21 @@ class Admission:
         return self._model_work_s(tickets) * self.lateness
 
     def _model_work_s(self, tickets: Iterable[Ticket]) -> float:
-        pairs, tokens = 0, 0.0
-        for t in tickets:
-            p, k = t.left()
-            pairs += p
-            tokens += k
-        return self.forecast.work_s(pairs, tokens)
+        return self.forecast.work_s(*_left(tickets))
 
     def _refusal(self, new: Ticket, protect_others: bool) -> str | None:
         """Why ``new`` must be refused, or ``None`` to admit it."""
         if self.config.latency_s <= 0 or not self._tickets or not self.forecast.calibrated:
             return None
         now = self._clock()
-        late = self.lateness
-        overhead = self.forecast.overhead_s * late
         ordered = sorted(self._tickets, key=lambda t: t.key)
         ahead = [t for t in ordered if t.key <= new.key]
-        finish = now + self._work_s([*ahead, new]) + overhead
+        pairs, tokens = _left([*ahead, new])
+        finish = now + self._answered_in_s(pairs, tokens)
         if finish > new.due:
             return (
-                f"overloaded: {sum(t.left()[0] for t in ahead)} pairs due first would take "
-                f"{finish - now - overhead:.2f} s and this request is due in "
+                f"overloaded: {pairs - new.left()[0]} pairs due first would take "
+                f"{finish - now:.2f} s and this request is due in "
                 f"{max(0.0, new.due - now):.2f} s; retry later"
             )
         if not protect_others:
@@ -335,10 +336,8 @@ class Admission:
             tokens += k
             if t.key <= new.key:
                 continue
-            without = now + self.forecast.work_s(pairs, tokens) * late + overhead
-            with_new = (
-                now + self.forecast.work_s(pairs + new_pairs, tokens + new_tokens) * late + overhead
-            )
+            without = now + self._answered_in_s(pairs, tokens)
+            with_new = now + self._answered_in_s(pairs + new_pairs, tokens + new_tokens)
             if without <= t.due < with_new:
                 return (
                     f"overloaded: this request would make an admitted one, due in "
@@ -355,3 +354,13 @@ class Admission:
         if self._metrics is not None and isinstance(forecast, CostModel):
             self._metrics.batch_cost_fixed.set(forecast.a)
             self._metrics.batch_cost_per_token.set(forecast.b)
+
+
+def _left(tickets: Iterable[Ticket]) -> tuple[int, float]:
+    """Pairs and tokens that ``tickets`` have still to run."""
+    pairs, tokens = 0, 0.0
+    for t in tickets:
+        p, k = t.left()
+        pairs += p
+        tokens += k
+    return pairs, tokens
