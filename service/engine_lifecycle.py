@@ -15,6 +15,7 @@ import asyncio
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
+from typing import Protocol
 
 from service.admission import Admission
 from service.metrics import Metrics
@@ -23,10 +24,15 @@ from service.worker import BatchRun
 log = logging.getLogger(__name__)
 
 
+class _ClosableModel(Protocol):
+    def close(self) -> None: ...
+
+
 class EngineLifecycle:
     """Lifecycle of an engine; subclasses set ``admission`` and ``scorer`` and the hooks."""
 
     admission: Admission
+    scorer: _ClosableModel
     _metrics: Metrics
 
     def _init_lifecycle(self, metrics: Metrics, tokenizer_threads: int, warmup: bool) -> None:
@@ -54,7 +60,7 @@ class EngineLifecycle:
 
     def _release(self) -> None:
         """Free the model once nothing runs on it any more."""
-        self.scorer.close()  # type: ignore[attr-defined]
+        self.scorer.close()
 
     # ------------------------------------------------------------------ lifecycle
     @property
