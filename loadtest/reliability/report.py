@@ -116,8 +116,8 @@ def render(
         'requests/s. Load rows send `"cache": false` (their requests are cycled; a repeat '
         "answered from the score cache would be throughput the model never delivered).",
         "- *Raw session*: the ONNX Runtime session alone (`loadtest.bench.measure_ceiling`: "
-        "pre-tokenized batches of the same request mix, a ladder of batch sizes, idle threads "
-        "spinning and not; the best wins) at the graph, provider and intra-op threads the "
+        "pre-tokenized batches of the same request mix in request order and sorted by length, "
+        "a ladder of batch sizes, idle threads spinning and not; the best wins) at the graph, provider and intra-op threads the "
         "server reports in `/info`, measured in the same run with the server idle. The lone "
         "request's cost of a pair is its p50 over its 10 items.",
         "- A row that did not hold ends with *broken:* and the rules it broke.",

@@ -4,8 +4,9 @@ raw session, and the score cache.
 One server; each row runs on it idle, in this order:
 
 1. **Raw ceiling** (not a row of its own): the raw ONNX Runtime session's best pairs/s
-   (``loadtest.bench.measure_ceiling``: pre-tokenized batches of the same request mix, every
-   batch size of a short ladder, idle threads spinning and not) at the variant, provider
+   (``loadtest.bench.measure_ceiling``: pre-tokenized batches of the same request mix, in request
+   order and sorted by length, every batch size of a short ladder, idle threads spinning
+   and not) at the variant, provider
    and intra-op threads the server reports in ``/info``, measured in this process while
    the server is idle.
 2. **Lone small request**: 20 sequential 10-item ``/score`` requests (cache bypassed);

@@ -94,3 +94,43 @@ def test_ratio_is_unbounded_when_the_other_system_never_holds_the_slo() -> None:
     assert figures["targets"]["service_over_peer"]["met"] is False
     assert "unbounded" in summary_table(figures)
     json.dumps(figures, allow_nan=False)
+
+
+def test_the_raw_ceiling_tries_request_order_and_length_sorted_batches(
+    tiny_model_package: Path, monkeypatch
+) -> None:
+    import dataclasses
+
+    from loadtest import bench
+    from service.scorers import OnnxScorer
+
+    widths: dict[bool, list[int]] = {True: [], False: []}  # spinning -> padded batch widths
+    real_load = OnnxScorer.load
+
+    def load(*args, spinning: bool, **kwargs):
+        scorer = real_load(*args, spinning=spinning, **kwargs)
+        real_run = scorer.run
+
+        def run(inputs):
+            widths[spinning].append(inputs["input_ids"].shape[1])
+            return real_run(inputs)
+
+        scorer.run = run
+        return scorer
+
+    monkeypatch.setattr(OnnxScorer, "load", staticmethod(load))
+    # Short and long pairs interleaved: in request order every batch of 2 pads to the long one.
+    pairs = [("q", "a"), ("long query words", "a much longer title with many words")] * 4
+    plan = dataclasses.replace(QUICK, batch_sizes=(2,), offline_budget_s=0.0)
+    figures = bench.measure_ceiling(tiny_model_package, "cpu", "auto", 1, pairs, plan)
+    assert set(figures["by_batch_size"]) == {"2", "2 sorted", "2 no-spin", "2 sorted no-spin"}
+    best = max(figures["by_batch_size"].values())
+    assert figures["pairs_per_s"] == best
+    assert isinstance(figures["length_sorted"], bool)
+    # One warm-up and one pass of 4 batches per order: request order pads every batch to the
+    # long pair; sorted, two batches hold only the short pairs.
+    request_order, length_sorted = widths[True][:5], widths[True][5:10]
+    assert len(set(request_order)) == 1
+    short = min(length_sorted)
+    assert short < request_order[0] == max(length_sorted)
+    assert length_sorted[1:].count(short) == 2
