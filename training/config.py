@@ -59,6 +59,10 @@ class PathsConfig(_Section):
 
     data: str = "../shared/data/homedepot/train.csv"
     labels_dir: str = "labels"
+    # What evaluate measured of each student run, keyed by its fingerprint (small,
+    # committed): the report keeps runs whose weights are gone (training.evaluation.
+    # student_results).
+    student_results: str = "results/students"
     runs_dir: str = "runs"
     models_dir: str = "models"
     docs_dir: str = "docs"

@@ -161,13 +161,22 @@ def _mean(values: Iterable[float | None]) -> float | None:
     return float(np.mean(finite)) if finite else None
 
 
-def recipe_results(config: TrainConfig, systems: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """:func:`student_run_results` of the finished runs and the small stage's measured costs."""
-    from training.artifacts import finished_runs
+def recipe_results(
+    config: TrainConfig, dataset: Dataset, systems: Sequence[dict[str, Any]]
+) -> dict[str, Any]:
+    """:func:`student_run_results` of the runs evaluate reports and their measured costs
+    (the small stage's ``cost.json`` on disk, else the stored frontier result's)."""
+    from training.evaluation.student_results import evaluated_runs, stored_entry
     from training.small import read_cost
 
-    records = finished_runs(config)
-    costs = {r["name"]: c for r in records if (c := read_cost(config, r["name"])) is not None}
+    def cost(record: dict[str, Any]) -> dict[str, Any] | None:
+        found = read_cost(config, record["name"])
+        if found is None and (entry := stored_entry(config, record)) and entry.frontier:
+            found = entry.frontier.get("cost")
+        return found
+
+    records = evaluated_runs(config, dataset)
+    costs = {r["name"]: c for r in records if (c := cost(r)) is not None}
     return student_run_results(records, systems, costs)
 
 

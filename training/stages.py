@@ -293,7 +293,7 @@ def stage_distill(
     names, in that order (two processes can then share the curve's work).
     """
     from training.distill import train_student
-    from training.mirror_ingest import mirror_fingerprint, mirror_run_name, mirror_training_pairs
+    from training.mirror_ingest import mirror_training_pairs
     from training.recipe import curve_runs, distill_frame, run_fields, select_runs
 
     dataset = load_dataset(config)
@@ -326,12 +326,7 @@ def stage_distill(
             "mirror": provenance,
         }
 
-    def name(size: int) -> str:
-        return run_name(size) if mirror is None else mirror_run_name(run_name(size), len(mirror[0]))
-
-    def fingerprint(run: CurveRun) -> str:
-        base = student_fingerprint(run.config, dataset, run.augment_pairs)
-        return base if mirror is None else mirror_fingerprint(base, mirror[1])
+    named = functools.partial(distill_run_name, mirror=mirror)
 
     def prepare_run(run: CurveRun) -> tuple[pd.DataFrame | None, dict[str, Any]]:
         pairs, fields = prepare(run.augment_pairs)
@@ -342,15 +337,33 @@ def stage_distill(
             run.config,
             dataset,
             run.name,
-            fingerprint(run),
+            distill_fingerprint(run, dataset, mirror),
             lambda run=run: prepare_run(run),
             force,
             # Every seed is selected on the same validation queries (the config's seed's).
             train=functools.partial(train_student, selection_seed=config.student.seed),
             frame=lambda labeled, run=run: distill_frame(run.config, dataset, labeled),
         )
-        for run in select_runs(curve_runs(config, dataset, sizes, name=name), runs)
+        for run in select_runs(curve_runs(config, dataset, sizes, name=named), runs)
     ]
+
+
+def distill_run_name(size: int, mirror: tuple[pd.DataFrame, dict[str, Any]] | None) -> str:
+    """The distill stage's name of a size's run (with ingested live pairs, their count)."""
+    from training.mirror_ingest import mirror_run_name
+
+    return run_name(size) if mirror is None else mirror_run_name(run_name(size), len(mirror[0]))
+
+
+def distill_fingerprint(
+    run: CurveRun, dataset: Dataset, mirror: tuple[pd.DataFrame, dict[str, Any]] | None
+) -> str:
+    """The fingerprint the distill stage trains ``run`` under (``mirror``: the ingested
+    live pairs of :func:`training.mirror_ingest.mirror_training_pairs`)."""
+    from training.mirror_ingest import mirror_fingerprint
+
+    base = student_fingerprint(run.config, dataset, run.augment_pairs)
+    return base if mirror is None else mirror_fingerprint(base, mirror[1])
 
 
 def stage_small(config: TrainConfig, force: bool = False) -> list[Path]:

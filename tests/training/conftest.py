@@ -157,6 +157,7 @@ def tiny_config(root: Path, data: Path, teacher_base: Path, student_dir: Path):
             "paths": {
                 "data": str(data),
                 "labels_dir": str(root / "labels"),
+                "student_results": str(root / "results" / "students"),
                 "runs_dir": str(root / "runs"),
                 "models_dir": str(root / "models"),
                 "docs_dir": str(root / "docs"),
@@ -284,12 +285,19 @@ def copy_pipeline(pipeline: TinyPipeline, root: Path):
     """The pipeline's outputs copied under ``root``, and a config that points there."""
     import shutil
 
-    for name in ("labels", "runs", "models", "checkpoints"):
+    for name in ("labels", "results", "runs", "models", "checkpoints"):
         if (pipeline.root / name).exists():
             shutil.copytree(pipeline.root / name, root / name)
     paths = {
         key: str(root / Path(getattr(pipeline.config.paths, key)).relative_to(pipeline.root))
-        for key in ("labels_dir", "runs_dir", "models_dir", "docs_dir", "teacher_checkpoints")
+        for key in (
+            "labels_dir",
+            "student_results",
+            "runs_dir",
+            "models_dir",
+            "docs_dir",
+            "teacher_checkpoints",
+        )
     }
     return pipeline.config.model_copy(
         update={"paths": pipeline.config.paths.model_copy(update=paths)}

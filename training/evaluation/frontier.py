@@ -6,7 +6,9 @@ measurement (:func:`training.small.measure_costs`: ``small.cost_variant`` throug
 Runtime at ``small.cost_threads`` threads, fastest of alternating rounds on the same
 validation pairs), and their accuracy is that of the same graph. BM25 is timed in Python
 on those pairs; the LLM teacher through ``training/teacher_bench.py``'s timing at the same
-thread count; the ensemble costs the sum of its members.
+thread count; the ensemble costs the sum of its members. A student measured before on
+the same pairs and settings is read back from its stored result
+(:mod:`training.evaluation.student_results`), so a run whose weights are gone stays on it.
 
 The rule (:func:`choose_default`): among the students, the best validation pairwise
 accuracy (served variant, whole validation split) whose request of ``frontier.slo_items``
@@ -31,12 +33,12 @@ from training.artifacts import (
     HUMAN_ONLY,
     Dataset,
     PipelineError,
-    finished_runs,
     read_ensemble_record,
     split_labels_path,
     students_dir,
 )
 from training.config import FrontierConfig, TrainConfig
+from training.evaluation import student_results as results
 from training.evaluation.metrics import pairwise_accuracy
 
 logger = logging.getLogger(__name__)
@@ -93,8 +95,9 @@ def choose_default(points: Sequence[Point], settings: FrontierConfig) -> Point |
     return max(eligible, key=lambda p: (p.validation_pairwise_accuracy, -(p.ms_per_pair or 0.0)))
 
 
-def frontier_records(config: TrainConfig) -> list[dict[str, Any]]:
-    """The servable cross-encoder runs on the frontier (``frontier.runs``, else all).
+def frontier_records(config: TrainConfig, dataset: Dataset) -> list[dict[str, Any]]:
+    """The servable cross-encoder runs on the frontier (``frontier.runs``, else all of
+    :func:`~training.evaluation.student_results.evaluated_runs`).
 
     Left out: representation students (another cost model), committee students (their
     labels are the old students' own) and runs with term matching (the serving path does
@@ -102,7 +105,7 @@ def frontier_records(config: TrainConfig) -> list[dict[str, Any]]:
     """
     records = [
         r
-        for r in finished_runs(config)
+        for r in results.evaluated_runs(config, dataset)
         if not r.get("architecture")
         and r.get("labels_from") != "committee"
         and not r["config"]["student"].get("term_matching")
@@ -145,16 +148,45 @@ def cost_sample(config: TrainConfig, dataset: Dataset) -> pd.DataFrame:
 
 
 def student_points(config: TrainConfig, dataset: Dataset, records: list[dict]) -> list[Point]:
-    """Every run exported, timed (served variant) and scored on validation and test."""
+    """Every run exported, timed (served variant) and scored on validation and test; a
+    run whose stored result measured this set is read back instead (no weights needed)."""
+    if not records:
+        return []
+    frontier_set = results.frontier_set(config, dataset, cost_sample(config, dataset))
+    measured: dict[str, tuple[dict[str, Any], str]] = {}
+    todo = []
+    for record in records:
+        entry = results.stored_entry(config, record)
+        part = results.usable(entry, "frontier", frontier_set)
+        if part is not None and entry is not None:
+            measured[record["name"]] = part, results.stored_note(entry, part)
+        elif results.weights_present(config, record):
+            todo.append(record)
+        else:
+            logger.warning(
+                "%s: no weights here and no stored frontier result of this set; left off",
+                record["name"],
+            )
+    for record, fields in zip(todo, _measure(config, dataset, todo), strict=True):
+        measured[record["name"]] = results.store_frontier(config, record, frontier_set, fields), ""
+    return [
+        _student_point(record, *measured[record["name"]])
+        for record in records
+        if record["name"] in measured
+    ]
+
+
+def _measure(config: TrainConfig, dataset: Dataset, records: list[dict]) -> list[dict[str, Any]]:
+    """Export and time ``records``' runs (served variant), and score validation and test."""
     from training.evaluation.baselines import PackageScorer
     from training.small import measure_costs
 
     if not records:
         return []
     costs = measure_costs(config, dataset, [r["name"] for r in records])
-    points = []
+    out = []
     for record in records:
-        name, cost = record["name"], costs[record["name"]]
+        cost = costs[record["name"]]
         scorer = PackageScorer(
             Path(cost["package"]),
             cost["threads"],
@@ -166,37 +198,47 @@ def student_points(config: TrainConfig, dataset: Dataset, records: list[dict]) -
             for split, frame in dataset.splits.items()
             if split in ("validation", "test")
         }
-        layers = encoder_layers(students_dir(config) / name)
-        points.append(
-            Point(
-                name=f"student: {name}",
-                kind="student",
-                test_pairwise_accuracy=accuracy["test"],
-                validation_pairwise_accuracy=accuracy["validation"],
-                ms_per_pair=cost["ms_per_pair"],
-                layers=layers,
-                run=name,
-                fingerprint=record["fingerprint"],
-                cost=f"ONNX {cost['variant']}, {cost['threads']} threads, {cost['pairs']} "
-                f"validation pairs in batches of {cost['batch_size']}, fastest of "
-                f"{cost['rounds']} rounds",
-                notes=", ".join(
-                    part
-                    for part in (
-                        f"{layers} layers" if layers else "",
-                        f"{record['augment_pairs']:,} augmentation pairs"
-                        if record.get("augment_pairs")
-                        else "human labels only",
-                        f"labels: {record.get('labels_from') or 'teacher'}"
-                        if record.get("augment_pairs")
-                        else "",
-                        f"from {record['source_run']}" if record.get("source_run") else "",
-                    )
-                    if part
-                ),
-            )
+        out.append(
+            {
+                "validation_pairwise_accuracy": accuracy["validation"],
+                "test_pairwise_accuracy": accuracy["test"],
+                "cost": cost,
+                "layers": encoder_layers(students_dir(config) / record["name"]),
+            }
         )
-    return points
+    return out
+
+
+def _student_point(record: dict, measured: dict[str, Any], note: str = "") -> Point:
+    name, cost, layers = record["name"], measured["cost"], measured["layers"]
+    return Point(
+        name=f"student: {name}",
+        kind="student",
+        test_pairwise_accuracy=measured["test_pairwise_accuracy"],
+        validation_pairwise_accuracy=measured["validation_pairwise_accuracy"],
+        ms_per_pair=cost["ms_per_pair"],
+        layers=layers,
+        run=name,
+        fingerprint=record["fingerprint"],
+        cost=f"ONNX {cost['variant']}, {cost['threads']} threads, {cost['pairs']} "
+        f"validation pairs in batches of {cost['batch_size']}, fastest of "
+        f"{cost['rounds']} rounds",
+        notes=", ".join(
+            part
+            for part in (
+                f"{layers} layers" if layers else "",
+                f"{record['augment_pairs']:,} augmentation pairs"
+                if record.get("augment_pairs")
+                else "human labels only",
+                f"labels: {record.get('labels_from') or 'teacher'}"
+                if record.get("augment_pairs")
+                else "",
+                f"from {record['source_run']}" if record.get("source_run") else "",
+                note,
+            )
+            if part
+        ),
+    )
 
 
 def bm25_point(config: TrainConfig, dataset: Dataset, sample: pd.DataFrame) -> Point:
@@ -295,7 +337,7 @@ def ensemble_point(config: TrainConfig, dataset: Dataset, points: list[Point]) -
 def build_frontier(config: TrainConfig, dataset: Dataset) -> dict[str, Any]:
     """Every point, the rule's choice (written to ``paths.default_choice``) and the rule."""
     settings = config.frontier
-    records = frontier_records(config)
+    records = frontier_records(config, dataset)
     sample = cost_sample(config, dataset)
     points = [bm25_point(config, dataset, sample), *student_points(config, dataset, records)]
     teacher = teacher_point(config, dataset, sample)
@@ -306,7 +348,9 @@ def build_frontier(config: TrainConfig, dataset: Dataset) -> dict[str, Any]:
         points.append(ensemble)
     choice = choose_default(points, settings)
     if choice is not None:
-        write_choice(config, choice, {r["name"]: r for r in records})
+        # Every reported run, so a smaller student's source is there without its weights.
+        runs = results.evaluated_runs(config, dataset)
+        write_choice(config, choice, {r["name"]: r for r in runs})
     else:
         logger.warning("no student fits the frontier's budget; no default choice written")
     return {

@@ -90,7 +90,7 @@ def stage_evaluate(
     }
     # Per run, size and seed (the curve's two seeds, the term-matching pair, the smaller
     # students' sources and measured ONNX costs): training.recipe.student_run_results.
-    results["student_runs"] = recipe_results(config, results["systems"])
+    results["student_runs"] = recipe_results(config, dataset, results["systems"])
     results["findings"] = findings(results)
     _write(config, results)
     return results

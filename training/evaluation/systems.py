@@ -4,7 +4,9 @@ BM25 and the zero-shot embedding cosine (baselines), each finished student run (
 encoders, and representation students with their latency uncached and with the items'
 vectors cached), the committee teacher of each committee student (the mean of its
 members' scores), the served default package (as the service runs it), the
-representation package when one is exported, and the teacher's cached labels.
+representation package when one is exported, and the teacher's cached labels. A student
+run's row comes from its stored result when that scored the same set
+(:mod:`training.evaluation.student_results`); otherwise it is scored and stored.
 """
 
 from __future__ import annotations
@@ -19,12 +21,12 @@ import pandas as pd
 from training.artifacts import (
     Dataset,
     curve_sizes,
-    finished_runs,
     read_run,
     run_name,
     students_dir,
 )
 from training.config import TrainConfig
+from training.evaluation import student_results as results
 from training.evaluation.baselines import latency_ms_per_pair
 from training.evaluation.report import committee_row_name, student_row_name
 from training.label import read_labels, stored_labels
@@ -69,7 +71,6 @@ def score_systems(
 ) -> list[Scored]:
     """BM25, zero-shot embedding cosine, every trained student, committees and the package."""
     from training.evaluation.baselines import BM25Scorer, EmbeddingCosineScorer
-    from training.student import load_student, predict_scores
 
     batch = config.evaluate.batch_size
     queries, titles = frame["query"].tolist(), frame["title"].tolist()
@@ -104,46 +105,19 @@ def score_systems(
             notes="mean-pooled, normalised embeddings of query and title (no training)",
         )
     )
-    # Every finished run under runs/students/: the curve's sizes, any other size trained
-    # with `distill --size N`, and committee students.
-    records = finished_runs(config)
+    # Every run evaluate reports (student_results.evaluated_runs): the curve's sizes, any
+    # other size trained with `distill --size N`, committee students, and the stored
+    # results of runs whose weights are gone.
+    records = results.evaluated_runs(config, dataset)
     for size in sorted({0, *curve_sizes(config, dataset)} - {r["augment_pairs"] for r in records}):
         logger.warning("student %s not trained yet; left out of the evaluation", run_name(size))
     records.sort(key=lambda r: (r.get("labels_from") == "committee", r["augment_pairs"]))
+    table = results.table_set(config, frame, sample)
     for record in records:
-        if record.get("architecture"):
-            scored.append(score_representation_run(config, record, frame, sample))
-            logger.info("scored %s", scored[-1].name)
-            continue
-        model, tokenizer = load_student(
-            students_dir(config) / record["name"], config.student.max_length
-        )
-        labels_from = record.get("labels_from", "teacher") if record["augment_pairs"] else None
-        scored.append(
-            Scored(
-                student_row_name(record["name"]),
-                "student",
-                predict_scores(model, tokenizer, queries, titles, batch),
-                calibrated=True,
-                augment_pairs=record["augment_pairs"],
-                labels_from=labels_from,
-                validation_pairwise_accuracy=record["validation_pairwise_accuracy"],
-                latency_ms_per_pair=latency_ms_per_pair(
-                    lambda rows, m=model, tok=tokenizer: predict_scores(
-                        m, tok, lat_queries[rows], lat_titles[rows], batch
-                    ),
-                    lat_n,
-                    batch,
-                ),
-                notes=(
-                    "labels of the augmentation pairs: mean score of the committee "
-                    + ", ".join(record["committee"])
-                    if labels_from == "committee"
-                    else ""
-                ),
-            )
-        )
-        logger.info("scored %s", scored[-1].name)
+        row = score_run(config, record, frame, sample, table)
+        if row is not None:
+            scored.append(row)
+            logger.info("scored %s", row.name)
     by_name = {s.name: s for s in scored}
     for record in records:
         if record.get("labels_from") != "committee" or record.get("architecture"):
@@ -166,6 +140,107 @@ def score_systems(
     scored.extend(score_package(config, frame, sample))
     scored.extend(score_representation_package(config, frame, sample))
     return scored
+
+
+def score_run(
+    config: TrainConfig,
+    record: dict,
+    frame: pd.DataFrame,
+    sample: pd.DataFrame,
+    table: str,
+) -> Scored | None:
+    """A student run's row: its stored result when that scored ``table`` (the set hash),
+    else scored from its weights and stored; None when neither is here."""
+    entry = results.stored_entry(config, record)
+    part = results.usable(entry, "table", table)
+    if part is not None:
+        assert entry is not None and entry.scores is not None  # usable() checked both
+        row = run_row(
+            record,
+            entry.scores,
+            part["latency_ms_per_pair"],
+            part.get("latency_cached_ms_per_pair"),
+        )
+        row.notes = "; ".join(n for n in (row.notes, results.stored_note(entry, part)) if n)
+        return row
+    if not results.weights_present(config, record):
+        logger.warning(
+            "%s: no weights here and no stored result of this evaluation set; left out",
+            record["name"],
+        )
+        return None
+    if record.get("architecture"):
+        row = score_representation_run(config, record, frame, sample)
+    else:
+        row = score_cross_encoder_run(config, record, frame, sample)
+    fields = {
+        "latency_ms_per_pair": row.latency_ms_per_pair,
+        "latency_cached_ms_per_pair": row.latency_cached_ms_per_pair,
+    }
+    row.scores = results.store_table(config, record, row.scores, table, fields)
+    return row
+
+
+def run_row(
+    record: dict, scores: np.ndarray, latency: float | None, cached: float | None = None
+) -> Scored:
+    """The report row of a student run from its scores and latencies (fresh or stored)."""
+    augment = record["augment_pairs"]
+    if record.get("architecture"):
+        head = record.get("head", {})
+        return Scored(
+            student_row_name(record["name"]),
+            "representation",
+            scores,
+            calibrated=True,
+            latency_ms_per_pair=latency,
+            latency_cached_ms_per_pair=cached,
+            augment_pairs=augment,
+            labels_from=record.get("labels_from") if augment else None,
+            validation_pairwise_accuracy=record["validation_pairwise_accuracy"],
+            notes=f"{record['architecture']} (item vectors {head.get('dim')}-d), labels "
+            f"{record.get('labels_file') or 'human only'}; ms / pair with the item vectors "
+            f"cached: {cached or 0.0:.3f} (uncached: both sides encoded, {latency or 0.0:.3f})",
+        )
+    labels_from = record.get("labels_from", "teacher") if augment else None
+    return Scored(
+        student_row_name(record["name"]),
+        "student",
+        scores,
+        calibrated=True,
+        augment_pairs=augment,
+        labels_from=labels_from,
+        validation_pairwise_accuracy=record["validation_pairwise_accuracy"],
+        latency_ms_per_pair=latency,
+        notes=(
+            "labels of the augmentation pairs: mean score of the committee "
+            + ", ".join(record["committee"])
+            if labels_from == "committee"
+            else ""
+        ),
+    )
+
+
+def score_cross_encoder_run(
+    config: TrainConfig, record: dict, frame: pd.DataFrame, sample: pd.DataFrame
+) -> Scored:
+    """A cross-encoder student run (PyTorch FP32) from its weights."""
+    from training.student import load_student, predict_scores
+
+    batch = config.evaluate.batch_size
+    lat_queries, lat_titles = sample["query"].tolist(), sample["title"].tolist()
+    model, tokenizer = load_student(
+        students_dir(config) / record["name"], config.student.max_length
+    )
+    scores = predict_scores(
+        model, tokenizer, frame["query"].tolist(), frame["title"].tolist(), batch
+    )
+    latency = latency_ms_per_pair(
+        lambda rows: predict_scores(model, tokenizer, lat_queries[rows], lat_titles[rows], batch),
+        len(sample),
+        batch,
+    )
+    return run_row(record, scores, latency)
 
 
 def _representation_latency(scorer, sample: pd.DataFrame, batch: int) -> tuple[float, float]:
@@ -196,21 +271,8 @@ def score_representation_run(
     )
     scorer = run_scorer(model, query_tokenizer, item_tokenizer, batch)
     uncached, cached = _representation_latency(scorer, sample, batch)
-    head = record.get("head", {})
-    return Scored(
-        student_row_name(record["name"]),
-        "representation",
-        scorer.score(frame["query"].tolist(), frame["title"].tolist()),
-        calibrated=True,
-        latency_ms_per_pair=uncached,
-        latency_cached_ms_per_pair=cached,
-        augment_pairs=record["augment_pairs"],
-        labels_from=record.get("labels_from") if record["augment_pairs"] else None,
-        validation_pairwise_accuracy=record["validation_pairwise_accuracy"],
-        notes=f"{record['architecture']} (item vectors {head.get('dim')}-d), labels "
-        f"{record.get('labels_file') or 'human only'}; ms / pair with the item vectors "
-        f"cached: {cached:.3f} (uncached: both sides encoded, {uncached:.3f})",
-    )
+    scores = scorer.score(frame["query"].tolist(), frame["title"].tolist())
+    return run_row(record, scores, uncached, cached)
 
 
 def score_representation_package(

@@ -85,6 +85,15 @@ def test_the_tiny_frontier_and_ensure_default_rebuilds_its_choice(
     monkeypatch.setattr(stages, "LazyTeacher", no_teacher)
     monkeypatch.setattr(stages, "stage_teacher", no_teacher)
     shutil.rmtree(students_dir(config))
+    # The students' points come back from their stored results (nothing to export or
+    # time without weights), and so does the choice with its chain.
+    stored = build_frontier(config, dataset)
+    again = {p["name"]: p for p in stored["points"]}
+    for name in ("student: human-only", f"student: {size}"):
+        for key in ("test_pairwise_accuracy", "validation_pairwise_accuracy", "ms_per_pair"):
+            assert again[name][key] == points[name][key]
+        assert "read from the stored result" in again[name]["notes"]
+    assert stored["choice"] == frontier["choice"] and read_choice(config) == choice
     shutil.rmtree(config.default_package_dir)
     assert ensure_default(config) == config.default_package_dir
     source = load_package(config.default_package_dir).manifest.provenance["student"]
