@@ -358,19 +358,25 @@ def human_only_config(config: TrainConfig) -> TrainConfig:
     return config.model_copy(update={"loss": config.loss.model_copy(update=neutral)})
 
 
-def student_fingerprint(config: TrainConfig, dataset: Dataset, size: int) -> str:
+def student_fingerprint(
+    config: TrainConfig, dataset: Dataset, size: int, recipe: TrainConfig | None = None
+) -> str:
     """Identity of a first-round student: split, student and loss config, data, its labels.
 
     The human-only student's (size 0) ignores the loss's teacher knobs, as its training does.
+    ``recipe``: the config whose labels a variant run (another seed, term matching) learns
+    from, when ``config`` is the variant's own; the labeler (the LLM, or the ensemble whose
+    members include the recipe's human-only student) is the recipe's, not the variant's.
     """
     extra: dict[str, Any] = {"data": dataset.sha256, "augment_pairs": size}
     if not size:
         config = human_only_config(config)
     if size:
+        labels = recipe or config
         # The LLM's id when it labels the augmentation (as before the ensemble existed).
         extra.update(
-            teacher=augmentation_label_source(config, dataset).id,
-            augment=augment_data_version(config, dataset),
+            teacher=augmentation_label_source(labels, dataset).id,
+            augment=augment_data_version(labels, dataset),
         )
     return config.fingerprint("split", "student", "loss", extra=extra)
 

@@ -337,7 +337,7 @@ def stage_distill(
             run.config,
             dataset,
             run.name,
-            distill_fingerprint(run, dataset, mirror),
+            distill_fingerprint(run, dataset, mirror, config),
             lambda run=run: prepare_run(run),
             force,
             # Every seed is selected on the same validation queries (the config's seed's).
@@ -356,13 +356,17 @@ def distill_run_name(size: int, mirror: tuple[pd.DataFrame, dict[str, Any]] | No
 
 
 def distill_fingerprint(
-    run: CurveRun, dataset: Dataset, mirror: tuple[pd.DataFrame, dict[str, Any]] | None
+    run: CurveRun,
+    dataset: Dataset,
+    mirror: tuple[pd.DataFrame, dict[str, Any]] | None,
+    recipe: TrainConfig,
 ) -> str:
-    """The fingerprint the distill stage trains ``run`` under (``mirror``: the ingested
-    live pairs of :func:`training.mirror_ingest.mirror_training_pairs`)."""
+    """The fingerprint the distill stage trains ``run`` of ``recipe``'s curve under
+    (``mirror``: the ingested live pairs of
+    :func:`training.mirror_ingest.mirror_training_pairs`)."""
     from training.mirror_ingest import mirror_fingerprint
 
-    base = student_fingerprint(run.config, dataset, run.augment_pairs)
+    base = student_fingerprint(run.config, dataset, run.augment_pairs, recipe)
     return base if mirror is None else mirror_fingerprint(base, mirror[1])
 
 

@@ -77,6 +77,38 @@ def test_curve_runs_add_seeds_at_both_ends_and_the_term_matching_flip(
         select_runs(runs, ["human-only-seed9"])
 
 
+def test_variant_runs_learn_from_the_recipes_labeler(tiny_pipeline, monkeypatch) -> None:
+    """The ensemble's id holds the recipe's human-only student: a seed or term-matching
+    variant must find the recipe's labeler, not one keyed by its own seed."""
+    import training.artifacts as artifacts
+    from training.stages import distill_fingerprint
+
+    dataset = tiny_pipeline.dataset
+    config = tiny_pipeline.config.model_copy(
+        update={
+            "curve": tiny_pipeline.config.curve.model_copy(
+                update={"end_seeds": (7,), "term_matching_ablation": True}
+            )
+        }
+    )
+    real_source = artifacts.augmentation_label_source
+
+    def recipe_only(cfg, data):
+        # What a labeler record keyed by the recipe's student does: a variant's key misses.
+        if cfg.student != config.student:
+            raise PipelineError(f"no ensemble record for seed {cfg.student.seed}")
+        return real_source(cfg, data)
+
+    monkeypatch.setattr(artifacts, "augmentation_label_source", recipe_only)
+    runs = {r.name: r for r in curve_runs(config, dataset) if r.augment_pairs}
+    variants = [r for r in runs.values() if r.variant_of]
+    assert {r.name.rsplit("-", 1)[-1] for r in variants} == {"seed7", "terms"}
+    prints = {name: distill_fingerprint(run, dataset, None, config) for name, run in runs.items()}
+    assert len(set(prints.values())) == len(prints)  # each variant is still its own run
+    with pytest.raises(PipelineError, match="seed 7"):
+        student_fingerprint(variants[0].config, dataset, variants[0].augment_pairs)
+
+
 def _record(name: str, size: int, seed: int, validation: float, **extra) -> dict:
     return {
         "name": name,

@@ -149,7 +149,7 @@ def current_fingerprints(
     named = functools.partial(distill_run_name, mirror=mirror)
     for run in curve_runs(config, dataset, name=named):
         try:
-            expected[run.name] = distill_fingerprint(run, dataset, mirror)
+            expected[run.name] = distill_fingerprint(run, dataset, mirror, config)
         except PipelineError as exc:
             logger.info("the fingerprint of %s cannot be worked out here: %s", run.name, exc)
     if config.small.layers:
