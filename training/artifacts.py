@@ -16,8 +16,10 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import shlex
 import sys
+import tempfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -245,9 +247,12 @@ def load_augmentation(config: TrainConfig, dataset: Dataset) -> pd.DataFrame:
         held_out_queries=held_out,
     )
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
+    # A temporary file of its own: two workers that start side by side build the same set,
+    # and the second one's rename must not find its file taken by the first's.
+    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    os.close(handle)
     frame.to_csv(tmp, index=False)
-    tmp.rename(path)
+    os.replace(tmp, path)
     logger.info(
         "augmentation set: %d pairs (%s) -> %s",
         len(frame),

@@ -193,3 +193,28 @@ def test_distill_trains_a_second_seed_at_both_ends(pipeline_copy) -> None:
         a = load_file(base_dir / "model.safetensors")
         b = load_file(seeded_dir / "model.safetensors")
         assert not all(a[k].equal(b[k]) for k in a)
+
+
+def test_two_builders_of_one_augmentation_set_do_not_collide(
+    tmp_path: Path, make_tiny_config, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two distill workers started side by side both build the set: the one that finishes
+    second must not find its temporary file renamed away by the first."""
+    import pandas as pd
+
+    config = make_tiny_config(tmp_path)
+    dataset = load_dataset(config)
+    write = pd.DataFrame.to_csv
+    nested: list[int] = []
+
+    def write_while_another_finishes(frame, path, *args, **kwargs):
+        write(frame, path, *args, **kwargs)
+        if not nested:  # the other worker writes and renames before this one renames
+            nested.append(0)
+            nested[0] = len(load_augmentation(config, dataset))
+
+    monkeypatch.setattr(pd.DataFrame, "to_csv", write_while_another_finishes)
+    first = load_augmentation(config, dataset)
+    assert nested == [len(first)] and len(first) > 0
+    augment_dir = config.path("runs_dir") / "augment"
+    assert [p.suffix for p in augment_dir.iterdir()] == [".csv"]
