@@ -103,9 +103,11 @@ def test_overload_at_twice_capacity_is_bounded(reliability_app: Callable[..., Fa
         assert statuses[504] <= 0.05 * len(samples), statuses
         p99 = percentile(admitted, 99)
         assert p99 <= SLO_MARGIN * SLO_MS / 1000, (p99, statuses)
-        # 429s come at once: no client waits in a queue to learn it must back off.
+        # 429s come at once: no client waits in a queue to learn it must back off. (Refusals
+        # that queued would wait about the SLO; the 90th percentile leaves room for one
+        # request caught by a pause of the shared event loop, as CI once saw.)
         refused = [s.latency_s for s in samples if s.status == 429]
-        assert percentile(refused, 99) < 2 * SLO_MS / 1000
+        assert percentile(refused, 90) < 0.5 * SLO_MS / 1000, sorted(refused)[-5:]
 
     asyncio.run(body())
 
