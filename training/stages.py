@@ -432,11 +432,10 @@ def stage_committee(config: TrainConfig, force: bool = False) -> Path:
 
 def stage_represent(config: TrainConfig, force: bool = False) -> Path:
     """Train the representation student on the human pairs plus ``representation.labels``."""
-    from relevance_core.hashing import sha256_file
     from training.representation.runs import (
         label_source,
         labeled_pairs,
-        labels_file,
+        labels_sha256,
         representation_fingerprint,
         representation_run_name,
     )
@@ -445,13 +444,12 @@ def stage_represent(config: TrainConfig, force: bool = False) -> Path:
     dataset = load_dataset(config)
     labeled = labeled_pairs(config, dataset)
     pairs = 0 if labeled is None else len(labeled)
-    path = labels_file(config)
-    sha = sha256_file(path) if path is not None else None
+    sha = labels_sha256(config)
     fields = {
         "architecture": settings.architecture,
         "augment_pairs": pairs,
         "labels_from": label_source(config) if pairs else None,
-        "teacher_id": path.parent.name if path is not None else None,
+        "teacher_id": Path(settings.labels).parent.name if settings.labels else None,
         "labels_file": settings.labels,
         "labels_sha256": sha,
         "augment_version": augment_data_version(config, dataset) if pairs else None,

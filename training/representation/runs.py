@@ -37,6 +37,24 @@ def labels_file(config: TrainConfig) -> Path | None:
     return path if path.is_absolute() else config.path("labels_dir") / path
 
 
+def labels_sha256(config: TrainConfig) -> str | None:
+    """SHA-256 of the label file's contents, the same whether it is stored plain or sealed
+    (gzipped, as committed), so sealing it does not make a trained run stale."""
+    import gzip
+    import hashlib
+
+    path = labels_file(config)
+    stored = None if path is None else stored_labels(path)
+    if stored is None:
+        return None
+    opener = gzip.open if stored.suffix == ".gz" else open
+    digest = hashlib.sha256()
+    with opener(stored, "rb") as handle:
+        while chunk := handle.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
 def labeled_pairs(config: TrainConfig, dataset: Dataset) -> pd.DataFrame | None:
     """Augmentation pairs that carry a label in :func:`labels_file` (``teacher_score``)."""
     path = labels_file(config)

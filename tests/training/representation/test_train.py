@@ -13,6 +13,7 @@ from tests.training.conftest import human_pairs, teacher_pairs
 from training.artifacts import PipelineError, load_augmentation, load_dataset, read_run
 from training.config import LossConfig, RepresentationConfig, StudentConfig
 from training.distill import train_student, training_frame
+from training.label import seal
 from training.losses import HybridDistillationLoss
 from training.representation.model import build_representation, encode_texts, load_representation
 from training.representation.runs import labeled_pairs, representation_fingerprint
@@ -82,6 +83,12 @@ def test_training_lowers_the_loss(
     assert record["head"]["scale"] != config.representation.init_scale
     # A second call with the same config finds the run current and keeps it.
     mtime = (run_dir / "run.json").stat().st_mtime_ns
+    assert stage_represent(config) == run_dir
+    assert (run_dir / "run.json").stat().st_mtime_ns == mtime
+    # Sealed (gzipped, as labels are committed) the labels are the same labels: the run
+    # stays current instead of failing to find the plain file or retraining.
+    assert seal(tmp_path / "labels" / "new-teacher" / "augment.csv") is not None
+    assert not (tmp_path / "labels" / "new-teacher" / "augment.csv").exists()
     assert stage_represent(config) == run_dir
     assert (run_dir / "run.json").stat().st_mtime_ns == mtime
 
