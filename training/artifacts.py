@@ -16,10 +16,8 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import shlex
 import sys
-import tempfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +27,7 @@ import numpy as np
 import pandas as pd
 
 from relevance_core.hashing import sha256_file
+from training.atomic import atomic_path
 from training.config import TrainConfig
 from training.data import SplitFractions, catalogue, load_labeled, query_subset, split_by_query
 from training.label import data_version, label_path, read_labels, split_version
@@ -246,13 +245,9 @@ def load_augmentation(config: TrainConfig, dataset: Dataset) -> pd.DataFrame:
         config.augment,
         held_out_queries=held_out,
     )
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # A temporary file of its own: two workers that start side by side build the same set,
-    # and the second one's rename must not find its file taken by the first's.
-    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    os.close(handle)
-    frame.to_csv(tmp, index=False)
-    os.replace(tmp, path)
+    # Two workers that start side by side build the same set: each writes its own file.
+    with atomic_path(path) as tmp:
+        frame.to_csv(tmp, index=False)
     logger.info(
         "augmentation set: %d pairs (%s) -> %s",
         len(frame),

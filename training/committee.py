@@ -19,6 +19,7 @@ from pathlib import Path
 import pandas as pd
 
 from training.artifacts import read_run
+from training.atomic import atomic_path
 
 COMMITTEE_KEY_COLUMNS = ("query_key", "product_id")
 
@@ -71,8 +72,6 @@ def read_committee_labels(path: Path) -> pd.DataFrame | None:
 
 def write_committee_labels(labels: pd.DataFrame, path: Path) -> Path:
     """Write atomically: a file exists only when every pair was scored."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    labels.to_csv(tmp, index=False, float_format="%.6f")
-    tmp.rename(path)
+    with atomic_path(path) as tmp:
+        labels.to_csv(tmp, index=False, float_format="%.6f")
     return path

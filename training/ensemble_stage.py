@@ -42,6 +42,7 @@ from training.artifacts import (
     students_dir,
     with_scores,
 )
+from training.atomic import atomic_path
 from training.config import TrainConfig
 from training.ensemble import Ensemble, fit_from_splits
 from training.evaluation.metrics import pairwise_accuracy
@@ -210,10 +211,8 @@ def stage_ensemble(config: TrainConfig, force: bool = False) -> dict[str, Any]:
     if record["decision"]["teacher"] == "ensemble":
         path = ensemble_labels_path(config, dataset)
         labels = label_augmentation(full, cheap, llm_labels)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        labels.to_csv(tmp, index=False, float_format="%.6f", compression="gzip")
-        tmp.rename(path)
+        with atomic_path(path) as tmp:
+            labels.to_csv(tmp, index=False, float_format="%.6f", compression="gzip")
         record["augmentation_pairs"] = len(labels)
         record["labels"] = path.name
         logger.info("ensemble labels of %d augmentation pairs -> %s", len(labels), path)

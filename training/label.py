@@ -17,7 +17,6 @@ from __future__ import annotations
 import csv
 import gzip
 import hashlib
-import os
 import shutil
 import time
 from collections.abc import Callable
@@ -26,6 +25,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from tqdm import tqdm
+
+from training.atomic import atomic_path
 
 LABEL_COLUMNS = ("query_key", "product_id", "teacher_score", "p_irrelevant", "p_partial", "p_exact")
 
@@ -66,14 +67,13 @@ def seal(path: Path) -> Path | None:
     if not path.is_file():
         return stored_labels(path)
     packed = packed_path(path)
-    tmp = packed.with_name(packed.name + ".tmp")
     with (
+        atomic_path(packed) as tmp,
         open(path, "rb") as source,
         open(tmp, "wb") as raw,
         gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0) as out,
     ):
         shutil.copyfileobj(source, out)
-    os.replace(tmp, packed)
     path.unlink()
     return packed
 
@@ -83,10 +83,8 @@ def unseal(path: Path) -> None:
     packed = packed_path(path)
     if path.is_file() or not packed.is_file():
         return
-    tmp = path.with_name(path.name + ".tmp")
-    with gzip.open(packed, "rb") as source, open(tmp, "wb") as out:
+    with atomic_path(path) as tmp, gzip.open(packed, "rb") as source, open(tmp, "wb") as out:
         shutil.copyfileobj(source, out)
-    os.replace(tmp, path)
     packed.unlink()  # the plain file is now the one copy; sealing writes the gzip again
 
 

@@ -48,6 +48,7 @@ import pandas as pd
 
 from relevance_core.hashing import sha256_file
 from training.artifacts import Dataset, PipelineError, load_dataset, teacher_label_id
+from training.atomic import atomic_path
 from training.config import TrainConfig
 from training.data import normalize_text, query_key
 from training.label import read_labels
@@ -347,12 +348,11 @@ def _write(
     directory = mirror_dir(config, key)
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / f"{MIRROR_PREFIX}{version}{MIRROR_SUFFIX}"
-    tmp = path.with_name(path.name + ".tmp")
     # mtime 0: the same pairs give the same bytes, so the checksum names the content.
-    frame.loc[:, list(MIRROR_COLUMNS)].to_csv(
-        tmp, index=False, compression={"method": "gzip", "mtime": 0}
-    )
-    tmp.rename(path)
+    with atomic_path(path) as tmp:
+        frame.loc[:, list(MIRROR_COLUMNS)].to_csv(
+            tmp, index=False, compression={"method": "gzip", "mtime": 0}
+        )
     sidecar = {
         "version": version,
         "teacher": key,

@@ -17,12 +17,13 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import shutil
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from training.atomic import atomic_path
 
 logger = logging.getLogger(__name__)
 
@@ -41,11 +42,9 @@ def checkpoint_key(
 
 def save_checkpoint(directory: Path, key: str, state: dict[str, Any]) -> Path:
     """Write ``state`` (torch-serialisable) under ``directory`` atomically."""
-    directory.mkdir(parents=True, exist_ok=True)
     path = directory / STATE_FILE
-    tmp = path.with_suffix(".tmp")
-    torch.save({"key": key, **state}, tmp)
-    os.replace(tmp, path)  # a kill mid-write leaves the previous checkpoint intact
+    with atomic_path(path) as tmp:  # a kill mid-write leaves the previous checkpoint intact
+        torch.save({"key": key, **state}, tmp)
     return path
 
 

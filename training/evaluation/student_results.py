@@ -45,6 +45,7 @@ from training.artifacts import (
     small_student_fingerprint,
     students_dir,
 )
+from training.atomic import atomic_path
 from training.config import TrainConfig
 
 logger = logging.getLogger(__name__)
@@ -90,10 +91,8 @@ def write_entry(config: TrainConfig, entry: StoredRun) -> Path:
     arrays: dict[str, np.ndarray] = {"meta": np.array(json.dumps(meta, default=float))}
     if entry.scores is not None:
         arrays["scores"] = np.asarray(entry.scores, dtype=np.float32)
-    part = path.with_name(path.name + ".part")
-    with open(part, "wb") as handle:
+    with atomic_path(path) as part, open(part, "wb") as handle:
         np.savez_compressed(handle, **arrays)
-    part.replace(path)
     entry.path = path
     return path
 
