@@ -17,6 +17,10 @@ gated package goes to the production service, not to this replay's private one.
     python -m loadtest.closed_loop_run --config training/configs/cpu-full-teacher.toml \\
         --current models/minilm-homedepot --teacher-dir models/teacher-qwen05b-l14 \\
         --queries 400 --items 20 --work runs/closed-loop --version 1.3.0
+
+The teacher's part (serve, replay, ingest) and the student's (distill, export, gate) can
+run in different sessions: ``--until ingest`` stops after the first, ``--resume`` starts
+the second from the traffic kept in ``--work``.
 """
 
 from __future__ import annotations
@@ -182,6 +186,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int)
     parser.add_argument("--start-timeout-s", type=float, default=900.0)
     parser.add_argument("--seed", type=int, default=13)
+    parser.add_argument(
+        "--until",
+        choices=("ingest", "gate"),
+        default="gate",
+        help="stop after ingest-mirror (the teacher's part; distill can follow later, "
+        "with --resume) or run on through distill, export and gate",
+    )
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="keep the traffic already replayed into --work (mirror.jsonl and the traffic "
+        "of closed_loop.json) instead of replaying it",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level="INFO", format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
@@ -191,13 +208,25 @@ def main(argv: list[str] | None = None) -> int:
 
     args.work.mkdir(parents=True, exist_ok=True)
     output = args.work / "mirror.jsonl"
-    if output.exists():  # a file from an earlier run would be ingested twice over
-        output.rename(output.with_suffix(f".{int(time.time())}.jsonl"))
-    requests = replay_requests(args.config, args.queries, args.items, args.seed)
-    summary: dict[str, Any] = {"traffic": serve_and_replay(args, requests, output)}
+    path = args.work / "closed_loop.json"
+    summary: dict[str, Any] = {}
+    if args.resume:
+        if not output.is_file() or not path.is_file():
+            raise SystemExit(f"--resume: no replayed traffic in {args.work}")
+        summary["traffic"] = json.loads(path.read_text())["traffic"]
+    else:
+        if output.exists():  # a file from an earlier run would be ingested twice over
+            output.rename(output.with_suffix(f".{int(time.time())}.jsonl"))
+        requests = replay_requests(args.config, args.queries, args.items, args.seed)
+        summary["traffic"] = serve_and_replay(args, requests, output)
 
+    # Ingest is idempotent: the same mirrored lines give the same file (named by content).
     _, report = training("ingest-mirror", str(output), config=args.config)
     summary["ingest"] = json.loads(report)
+    if args.until == "ingest":
+        path.write_text(json.dumps(summary, indent=2, default=str) + "\n")
+        log.info("stopped after ingest; summary in %s (--resume goes on)", path)
+        return 0
     config = load_config(args.config)
     mirror = mirror_training_pairs(config, load_dataset(config))
     if mirror is None:
@@ -234,7 +263,6 @@ def main(argv: list[str] | None = None) -> int:
         gate={k: verdict.get(k) for k in ("verdict", "failed", "checks", "heldback")},
         gate_exit_status=status,
     )
-    path = args.work / "closed_loop.json"
     path.write_text(json.dumps(summary, indent=2, default=str) + "\n")
     log.info("gate %s; summary in %s", verdict.get("verdict"), path)
     return 0
