@@ -1,7 +1,8 @@
 """Command line: ``python -m training STAGE [--config FILE] [options]``.
 
 Stages: ``teacher``, ``label``, ``distill``, ``small``, ``committee``, ``represent``, ``evaluate``,
-``export``, ``all``,
+``cascade`` (the representation package's head re-scored by the cross-encoder), ``export``,
+``all``,
 ``ensure-default`` (what ``make serve`` runs: nothing when the default package verifies),
 and the closed loop (docs/closed_loop.md): ``ingest-mirror`` (the shadow's mirrored
 JSONL -> teacher labels the next ``distill`` uses), ``gate`` (exit status 0 when the
@@ -23,6 +24,7 @@ Examples::
         --set representation.dim=128                     # the cacheable student
     python -m training ensemble                          # LLM + human-only + BM25 teacher
     python -m training evaluate                          # docs/evaluation.md + plot
+    python -m training cascade                           # representation -> cross-encoder
     python -m training all --set student.epochs=0.5      # any config value, dotted
     python -m training ingest-mirror runs/mirror/pairs.jsonl
     python -m training gate --candidate models/minilm-homedepot-candidate \
@@ -66,6 +68,7 @@ STAGES = (
     "committee",
     "represent",
     "evaluate",
+    "cascade",
     "ensemble",
     "export",
     "all",
@@ -219,6 +222,10 @@ def main(argv: list[str] | None = None) -> int:
             stage_represent(config, force=args.force)
         elif args.stage == "evaluate":
             stage_evaluate(config, teacher_labels=args.teacher_labels, command=command)
+        elif args.stage == "cascade":
+            from training.evaluation.cascade import stage_cascade, table
+
+            print(table(stage_cascade(config, command=command)))
         elif args.stage == "ensemble":
             from training.ensemble_stage import stage_ensemble
 

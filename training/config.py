@@ -63,6 +63,8 @@ class PathsConfig(_Section):
     # committed): the report keeps runs whose weights are gone (training.evaluation.
     # student_results).
     student_results: str = "results/students"
+    # python -m training cascade: one JSON per (representation package, version, split).
+    cascade_results: str = "results/cascade"
     runs_dir: str = "runs"
     models_dir: str = "models"
     docs_dir: str = "docs"
@@ -278,6 +280,14 @@ class EvaluateConfig(_Section):
     negatives_per_query: int = Field(2, ge=0)
     negatives_seed: int = 13
     negatives_target: float = Field(0.9, gt=0, le=1)
+    # The cascade (``python -m training cascade``): each split query's judged items padded
+    # to ``cascade_candidates`` with never-judged products drawn from a shared pool of
+    # ``cascade_pool`` catalogue products, ranked by the representation package, the best
+    # k of each list re-scored by the served cross-encoder, for each k here.
+    cascade_candidates: int = Field(100, gt=1)
+    cascade_pool: int = Field(5000, gt=0)
+    cascade_top_k: tuple[int, ...] = (1, 3, 5, 10, 20)
+    cascade_seed: int = 17
 
 
 class ExportConfig(_Section):

@@ -67,3 +67,29 @@ def test_auto_export_keeps_the_cross_encoder_a_named_export_writes_two_graphs(
     assert (package / manifest.variants["fp32"].query.file).is_file()
     assert (config.default_package_dir / "manifest.json").read_text() == default_manifest
     assert students_dir(config) / run_dir.name == run_dir
+
+
+def test_the_cascade_stage_ranks_with_the_package_and_rescored_heads(with_representation) -> None:
+    from training.evaluation.cascade import stage_cascade, table
+
+    config, run_dir = with_representation
+    package = stage_export(config, student=run_dir.name)
+    products = len(load_dataset(config).products)
+    config = config.model_copy(
+        update={
+            "evaluate": config.evaluate.model_copy(
+                update={"cascade_candidates": 6, "cascade_pool": products, "cascade_top_k": (2,)}
+            )
+        }
+    )
+    result = stage_cascade(config, command="test")
+    names = [row["system"] for row in result["systems"]]
+    assert names == ["representation alone", "cascade top 2", "cross-encoder alone (judged items)"]
+    assert result["representation_package"]["name"] == read_representation_manifest(package).name
+    assert 0 <= result["systems"][1]["pairwise_accuracy"] <= 1
+    stored = config.path("cascade_results") / (
+        f"{result['representation_package']['name']}-"
+        f"{result['representation_package']['version']}-test.json"
+    )
+    assert json.loads(stored.read_text())["systems"] == result["systems"]
+    assert "cascade top 2" in table(result)
