@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import random
 import sys
 import tempfile
@@ -40,6 +41,7 @@ import httpx
 
 from loadtest.loadgen import Prepared, closed_loop
 from loadtest.procstats import snapshot
+from loadtest.reliability.common import git_commit, machine
 from loadtest.servers import free_port, running, service_argv, start_server
 from loadtest.stats import percentile
 from loadtest.workload import Catalogue
@@ -124,6 +126,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     queries = catalogue.queries
     log_dir = Path(tempfile.mkdtemp(prefix="representation-bench-"))
     out: dict[str, Any] = {
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "commit": git_commit(),
+        "machine_at_start": machine(),
         "data": catalogue.source,
         "concurrency": args.concurrency,
         "duration_s": args.duration_s,
@@ -216,12 +221,17 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "rss_with_catalogue_mib": loaded.rss_mib if loaded else None,
         "rss_delta_mib": round(rss_delta, 1) if rss_delta is not None else None,
     }
+    out["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
     out["log_dir"] = str(log_dir)
     return out
 
 
 def table(result: dict[str, Any]) -> str:
+    where = result.get("machine_at_start", {})
     lines = [
+        f"{result.get('date', '?')}, commit {result.get('commit', '?')}, {where.get('cpu', '?')} "
+        f"({where.get('cores', '?')} cores), load average at start {where.get('load_average')}",
+        "",
         f"Representation vs cross-encoder, {result['items_per_request']} items a request, "
         f"{result['concurrency']} closed-loop clients, {result['duration_s']} s a phase "
         f"({result['data']}); package {result.get('package', {})}",
