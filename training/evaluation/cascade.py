@@ -21,6 +21,7 @@ import json
 import logging
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -195,6 +196,71 @@ def table(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+SECTION = "## Cascade: the representation package's best k re-scored by the cross-encoder"
+
+
+def report_lines(result: dict[str, Any] | None) -> list[str]:
+    """The report's cascade section (nothing when no cascade was evaluated)."""
+    if not result:
+        return []
+    rep, cross = result["representation_package"], result["cross_encoder"]
+    return [
+        "",
+        SECTION,
+        "",
+        f"Each of the {result['lists']:,} {result['split']} queries' judged items, padded to "
+        f"{result['candidates']} with products never judged for it (a shared pool of "
+        f"{result['pool']:,}, seed {result['seed']}): {result['rows']:,} rows, "
+        f"{result['judged_rows']:,} judged. {rep['name']} {rep['version']} (ONNX "
+        f"{rep['variant']}) ranks every list; {cross['name']} {cross['version']} (ONNX "
+        f"{cross['variant']}) re-scores the best k, joined as the service joins them "
+        "(`service.representation_engine.combine_cascade`). Pairwise accuracy is over the "
+        "judged pairs; NDCG@10 over the whole list, the padding counted irrelevant. From "
+        f"`{result['command']}`; latency of the same cascade on 100 items: "
+        "docs/benchmarks.md.",
+        "",
+        table(result),
+    ]
+
+
+def stored_result(config: TrainConfig) -> dict[str, Any] | None:
+    """The stored cascade result of the configured representation package, if any."""
+    from training.onnx_export.representation_manifest import read_representation_manifest
+
+    try:
+        manifest = read_representation_manifest(
+            config.path("models_dir") / config.export.representation_package
+        )
+    except (OSError, ValueError):
+        return None
+    path = config.path("cascade_results") / (
+        f"{manifest.name}-{manifest.version}-{config.evaluate.split}.json"
+    )
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def update_report(config: TrainConfig, result: dict[str, Any]) -> Path | None:
+    """Put the cascade section into the split's evaluation report (when it exists)."""
+    split = result["split"]
+    stem = "evaluation" if split == "test" else f"evaluation-{split}"
+    path = config.path("docs_dir") / f"{stem}.md"
+    if not path.is_file():
+        return None
+    text = path.read_text()
+    section = "\n".join(report_lines(result)[1:]) + "\n"
+    if SECTION in text:
+        start = text.index(SECTION)
+        end = text.find("\n## ", start + len(SECTION))
+        text = text[:start] + section + (text[end:] if end >= 0 else "")
+    elif "\n## Findings" in text:
+        at = text.index("\n## Findings")
+        text = text[: at + 1] + section + text[at:]
+    else:
+        text = text.rstrip("\n") + "\n\n" + section
+    path.write_text(text)
+    return path
+
+
 def stage_cascade(config: TrainConfig, command: str | None = None) -> dict[str, Any]:
     """Evaluate the cascade of the representation package into the served package."""
     from training.evaluation.baselines import PackageScorer
@@ -249,8 +315,16 @@ def stage_cascade(config: TrainConfig, command: str | None = None) -> dict[str, 
     )
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
-    logger.info("cascade results: %s", out)
+    logger.info("cascade results: %s; report: %s", out, update_report(config, result))
     return result
 
 
-__all__ = ["candidate_lists", "cascade_scores", "evaluate_cascade", "stage_cascade", "table"]
+__all__ = [
+    "candidate_lists",
+    "cascade_scores",
+    "evaluate_cascade",
+    "report_lines",
+    "stage_cascade",
+    "stored_result",
+    "table",
+]

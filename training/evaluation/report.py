@@ -11,6 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from training.evaluation.cascade import report_lines as cascade_lines
+
 STUDENT_ROW_PREFIX = "student: "
 
 
@@ -297,6 +299,7 @@ def render_markdown(
         ]
     lines += _curve_lines(results.get("student_runs"))
     lines += _frontier_lines(results.get("frontier"), results["split"], frontier_plot)
+    lines += cascade_lines(results.get("cascade"))
     if results.get("findings"):
         lines += ["", "## Findings", "", *(f"- {f}" for f in results["findings"])]
     return "\n".join(lines) + "\n"

@@ -24,6 +24,7 @@ from training.artifacts import (
     split_labels_path,
 )
 from training.config import EvaluateConfig, TrainConfig
+from training.evaluation.cascade import stored_result as stored_cascade
 from training.evaluation.metrics import LongTailSlices, ranking_metrics, slice_metrics
 from training.evaluation.report import SystemResult, findings, plot_curve, render_markdown
 from training.evaluation.systems import Scored, score_systems, teacher_row, teacher_scores_for
@@ -86,6 +87,7 @@ def stage_evaluate(
         "negatives": _negatives_summary(config, negatives),
         "ensemble": ensemble,
         "frontier": _frontier(config, dataset),
+        "cascade": stored_cascade(config),
         "config": config.to_dict(),
     }
     # Per run, size and seed (the curve's two seeds, the term-matching pair, the smaller

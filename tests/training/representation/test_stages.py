@@ -70,7 +70,7 @@ def test_auto_export_keeps_the_cross_encoder_a_named_export_writes_two_graphs(
 
 
 def test_the_cascade_stage_ranks_with_the_package_and_rescored_heads(with_representation) -> None:
-    from training.evaluation.cascade import stage_cascade, table
+    from training.evaluation.cascade import SECTION, stage_cascade, stored_result, table
 
     config, run_dir = with_representation
     package = stage_export(config, student=run_dir.name)
@@ -82,6 +82,9 @@ def test_the_cascade_stage_ranks_with_the_package_and_rescored_heads(with_repres
             )
         }
     )
+    report = config.path("docs_dir") / "evaluation.md"
+    report.parent.mkdir(parents=True, exist_ok=True)
+    report.write_text("# Evaluation\n\n## All test queries\n\nrows\n\n## Findings\n\n- one\n")
     result = stage_cascade(config, command="test")
     names = [row["system"] for row in result["systems"]]
     assert names == ["representation alone", "cascade top 2", "cross-encoder alone (judged items)"]
@@ -93,3 +96,11 @@ def test_the_cascade_stage_ranks_with_the_package_and_rescored_heads(with_repres
     )
     assert json.loads(stored.read_text())["systems"] == result["systems"]
     assert "cascade top 2" in table(result)
+    # The report gains the section once, before the findings, and a re-run replaces it.
+    stage_cascade(config, command="test")
+    text = report.read_text()
+    assert text.count(SECTION) == 1
+    assert text.index("## All test") < text.index(SECTION) < text.index("## Findings")
+    assert text.endswith("- one\n")
+    # The evaluate stage's report finds the stored result of the package again.
+    assert stored_result(config)["systems"] == result["systems"]
