@@ -26,6 +26,7 @@ import onnxruntime as ort
 
 from service.model_package import ModelPackage
 from service.scorers.base import Provider, Variant
+from service.scorers.ort_options import session_options
 
 log = logging.getLogger(__name__)
 
@@ -141,17 +142,7 @@ def _session(
     intra_op_threads: int,
     spinning: bool,
 ) -> ort.InferenceSession:
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    # One inference thread feeds the session; parallelism lives inside each operator.
-    options.inter_op_num_threads = 1
-    if not spinning:
-        # Idle ORT threads spin-wait by default, taking the cores that the tokenizer and
-        # the event loop need between batches (measured: requests ~2x slower on 2 busy cores).
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    if intra_op_threads > 0:
-        options.intra_op_num_threads = intra_op_threads
+    options = session_options(intra_op_threads, spinning)
     path = package.variant_path(variant)
     log.info("loading %s (%s) on %s", path, variant, providers[0])
     return ort.InferenceSession(str(path), sess_options=options, providers=providers)

@@ -26,6 +26,7 @@ from service.errors import InputTooLong
 from service.features import EncodedPair
 from service.representation_package import SIDES, RepresentationPackage
 from service.scorers.base import Provider, Variant
+from service.scorers.ort_options import session_options
 
 log = logging.getLogger(__name__)
 
@@ -106,15 +107,7 @@ class RepresentationScorer:
             chosen = "fp16"
         else:
             chosen = package.select_variant(variant)
-        options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.inter_op_num_threads = 1
-        if not spinning:
-            # As for the cross-encoder: spinning ORT threads starve the event loop and the
-            # tokenizer on a small machine.
-            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        if intra_op_threads > 0:
-            options.intra_op_num_threads = intra_op_threads
+        options = session_options(intra_op_threads, spinning)
         sessions = {
             side: ort.InferenceSession(
                 str(package.graph_path(chosen, side)), sess_options=options, providers=providers
