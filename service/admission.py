@@ -32,10 +32,8 @@ exactly the admitted work due no later than it. A request is refused (429) when
 load the event loop and the tokenizer thread take CPU from the session; time between
 batches) shows as requests answered later than forecast: measured on the 2-core machine
 at 2x overload, requests forecast at 0.8 s were answered at 0.94 s (p99 1.16 s). So each
-queued request's answer is compared with the forecast it was admitted on, and a high
-quantile of the recent ratios (the 90th of the last 64, within [0.5, 3]) scales every
-forecast: the SLO bounds the tail, so the forecast must hold for most requests, not for
-the average one.
+queued request's answer is compared with the forecast it was admitted on, and the recent
+ratio (an exponential average, within [0.5, 3]) scales every forecast.
 
 Nothing depends on how far apart requests arrive: a burst whose work fits within the
 budgets is admitted whole, one that does not is cut where it stops fitting. An empty
@@ -50,7 +48,6 @@ import contextlib
 import itertools
 import math
 import time
-from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -79,14 +76,10 @@ class AdmissionConfig:
 _seq = itertools.count()
 
 # Lateness: learned only from requests forecast to wait at least this long (below it the
-# forecast is mostly the fixed overhead, whose noise would swing the ratio), as this
-# quantile of the last LATENESS_WINDOW answers' ratios, within these bounds. A quantile,
-# not the mean: the SLO holds at the 99th percentile, and a forecast scaled by the mean
-# ratio is beaten by half the requests (measured on the Intel 2-core machine at 2x
-# overload: admitted p99 112-123% of the SLO with the mean, docs/reliability.md).
+# forecast is mostly the fixed overhead, whose noise would swing the ratio), at this
+# weight per answer, within these bounds.
 LATENESS_MIN_FORECAST_S = 0.05
-LATENESS_WINDOW = 64
-LATENESS_QUANTILE = 0.9
+LATENESS_WEIGHT = 0.1
 LATENESS_BOUNDS = (0.5, 3.0)
 
 
@@ -138,7 +131,6 @@ class Admission:
         self._idle.set()
         self._closing = False
         self.lateness = 1.0  # answered / forecast latency of recent queued requests
-        self._ratios: deque[float] = deque(maxlen=LATENESS_WINDOW)
 
     @property
     def reserved_pairs(self) -> int:
@@ -234,11 +226,10 @@ class Admission:
         """An admitted request was answered: how late against its forecast."""
         if ticket.forecast_s < LATENESS_MIN_FORECAST_S or not self.forecast.calibrated:
             return
-        self._ratios.append((self._clock() - ticket.admitted_at) / ticket.forecast_s)
-        ranked = sorted(self._ratios)
+        ratio = (self._clock() - ticket.admitted_at) / ticket.forecast_s
         low, high = LATENESS_BOUNDS
-        tail = ranked[math.ceil(LATENESS_QUANTILE * (len(ranked) - 1))]
-        self.lateness = min(high, max(low, tail))
+        mixed = (1 - LATENESS_WEIGHT) * self.lateness + LATENESS_WEIGHT * ratio
+        self.lateness = min(high, max(low, mixed))
         if self._metrics is not None:
             self._metrics.forecast_lateness.set(self.lateness)
 

@@ -333,22 +333,6 @@ def test_requests_answered_later_than_forecast_make_admission_stricter() -> None
     assert admission.load()["lateness"] == pytest.approx(admission.lateness, abs=1e-3)
 
 
-def test_lateness_follows_the_tail_of_recent_answers_not_their_mean() -> None:
-    clock = Clock()
-    admission = fitted(AdmissionConfig(latency_s=10.0, batch_pairs=BATCH), clock)
-    # Of every ten answers, eight on time and two three times late: the mean ratio is
-    # 1.4, but a forecast scaled by it would be beaten by a fifth of the requests.
-    for i in range(60):
-        with admission.reserve(8, tokens=8000) as ticket:
-            clock.now += (3.0 if i % 10 in (4, 9) else 1.0) * ticket.forecast_s
-    assert admission.lateness == pytest.approx(3.0)
-    # The window forgets: once answers come on time again, lateness falls back to 1.
-    for _ in range(64):
-        with admission.reserve(8, tokens=8000) as ticket:
-            clock.now += ticket.forecast_s
-    assert admission.lateness == pytest.approx(1.0)
-
-
 def test_lateness_ignores_short_forecasts_and_failed_requests_and_stays_bounded() -> None:
     clock = Clock()
     admission = fitted(AdmissionConfig(latency_s=10.0, batch_pairs=BATCH), clock)
