@@ -158,6 +158,7 @@ def tiny_config(root: Path, data: Path, teacher_base: Path, student_dir: Path):
                 "data": str(data),
                 "labels_dir": str(root / "labels"),
                 "student_results": str(root / "results" / "students"),
+                "cascade_results": str(root / "results" / "cascade"),
                 "runs_dir": str(root / "runs"),
                 "models_dir": str(root / "models"),
                 "docs_dir": str(root / "docs"),
@@ -293,6 +294,7 @@ def copy_pipeline(pipeline: TinyPipeline, root: Path):
         for key in (
             "labels_dir",
             "student_results",
+            "cascade_results",
             "runs_dir",
             "models_dir",
             "docs_dir",

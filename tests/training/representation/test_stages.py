@@ -95,6 +95,8 @@ def test_the_cascade_stage_ranks_with_the_package_and_rescored_heads(with_repres
         f"{result['representation_package']['version']}-test.json"
     )
     assert json.loads(stored.read_text())["systems"] == result["systems"]
+    # Under the tiny pipeline's root, never the repository's committed results.
+    assert stored.is_relative_to(config.path("runs_dir").parent)
     assert "cascade top 2" in table(result)
     # The report gains the section once, before the findings, and a re-run replaces it.
     stage_cascade(config, command="test")
