@@ -73,16 +73,32 @@ def candidate_lists(
     return pd.concat(frames, ignore_index=True)
 
 
-def _groups(frame: pd.DataFrame) -> list[np.ndarray]:
-    return [np.asarray(rows) for rows in frame.groupby("query_key", sort=True).indices.values()]
+def _ranked(frame: pd.DataFrame, student: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Per query: its row numbers, and their positions in the student's order (best first).
+
+    Every head of any k is a prefix of that order, so one ranking serves them all.
+    """
+    out = []
+    for rows in frame.groupby("query_key", sort=True).indices.values():
+        rows = np.asarray(rows)
+        out.append((rows, np.argsort(-student[rows], kind="stable")))
+    return out
 
 
 def heads(frame: pd.DataFrame, student: np.ndarray, k: int) -> list[np.ndarray]:
     """Per query, the row numbers of its ``k`` best items by the student (best first)."""
-    out = []
-    for rows in _groups(frame):
-        order = np.argsort(-student[rows], kind="stable")
-        out.append(rows[order[:k]])
+    return [rows[order[:k]] for rows, order in _ranked(frame, student)]
+
+
+def _combined(
+    ranked: list[tuple[np.ndarray, np.ndarray]], student: np.ndarray, cross: np.ndarray, k: int
+) -> np.ndarray:
+    from service.representation_engine import combine_cascade
+
+    out = np.empty(len(student), dtype=np.float64)
+    for rows, order in ranked:
+        head = order[:k]
+        out[rows] = combine_cascade(student[rows], head.tolist(), cross[rows[head]])
     return out
 
 
@@ -93,20 +109,13 @@ def cascade_scores(
 
     ``cross`` needs values only on those head rows (NaN elsewhere is fine).
     """
-    from service.representation_engine import combine_cascade
-
-    out = np.empty(len(frame), dtype=np.float64)
-    head_rows = heads(frame, student, k)
-    for rows, head in zip(_groups(frame), head_rows, strict=True):
-        local = np.searchsorted(rows, head) if len(head) else np.array([], dtype=int)
-        out[rows] = combine_cascade(student[rows], local.tolist(), cross[head])
-    return out
+    return _combined(_ranked(frame, student), student, cross, k)
 
 
 def _metrics(frame: pd.DataFrame, scores: np.ndarray) -> dict[str, Any]:
     judged = frame["judged"].to_numpy()
     part = frame[judged]
-    row: dict[str, Any] = {
+    return {
         "pairwise_accuracy": pairwise_accuracy(part["query_key"], part["grade"], scores[judged]),
         # The padding counts as irrelevant (grade 1, gain 0): ranking it high costs NDCG.
         "ndcg@10": ndcg_at(
@@ -117,7 +126,6 @@ def _metrics(frame: pd.DataFrame, scores: np.ndarray) -> dict[str, Any]:
             ks=(10,),
         )["ndcg@10"],
     }
-    return row
 
 
 def evaluate_cascade(
@@ -133,10 +141,11 @@ def evaluate_cascade(
     s = np.asarray(student(queries, titles), dtype=np.float64)
     student_s = time.monotonic() - began
     judged = frame["judged"].to_numpy()
+    ranked = _ranked(frame, s)
     needed = judged.copy()
     k_max = max(ks) if ks else 0
-    for head in heads(frame, s, k_max):
-        needed[head] = True
+    for group, order in ranked:
+        needed[group[order[:k_max]]] = True
     rows = np.flatnonzero(needed)
     began = time.monotonic()
     c = np.full(len(frame), np.nan)
@@ -146,8 +155,8 @@ def evaluate_cascade(
     systems = [{"system": "representation alone", "k": 0, **_metrics(frame, s)}]
     judged_total = int(judged.sum())
     for k in sorted(ks):
-        combined = cascade_scores(frame, s, c, k)
-        in_head = sum(int(judged[h].sum()) for h in heads(frame, s, k))
+        combined = _combined(ranked, s, c, k)
+        in_head = sum(int(judged[group[order[:k]]].sum()) for group, order in ranked)
         systems.append(
             {
                 "system": f"cascade top {k}",
