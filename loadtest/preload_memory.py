@@ -19,7 +19,8 @@ from pathlib import Path
 import httpx
 
 from loadtest.procstats import snapshot
-from loadtest.servers import free_port, running, service_argv, start_server
+from loadtest.representation_bench import start_service, unique_titles, write_catalogue
+from loadtest.servers import running
 from loadtest.workload import Catalogue
 
 
@@ -34,21 +35,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(argv)
     extra = dict(item.split("=", 1) for item in args.env)
     work = Path(tempfile.mkdtemp(prefix="preload-memory-"))
-    env = {
-        "RELEVANCE_SCORE_CACHE_MB": "0",
-        "RELEVANCE_LOG_LEVEL": "warning",
-        "RELEVANCE_ITEM_STORE_MB": "4096",
-        **extra,
-    }
+    env = {"RELEVANCE_ITEM_STORE_MB": "4096", **extra}
     if args.items:
-        titles = list(dict.fromkeys(Catalogue.load(args.data).titles))[: args.items]
-        catalogue = work / "catalogue.jsonl"
-        catalogue.write_text(
-            "".join(json.dumps({"id": f"c{i}", "text": t}) + "\n" for i, t in enumerate(titles))
-        )
-        env["RELEVANCE_ITEM_PRELOAD"] = str(catalogue)
-    port = free_port()
-    server = start_server("preload", service_argv(args.model, port), port, env=env, log_dir=work)
+        titles = unique_titles(Catalogue.load(args.data), args.items)
+        env["RELEVANCE_ITEM_PRELOAD"] = str(write_catalogue(work / "catalogue.jsonl", titles))
+    server = start_service(args.model, env, work, "preload")
     with running(server, "/readyz", 600 + args.items / 50) as live:
         time.sleep(2)
         rss = snapshot(live.process.pid)

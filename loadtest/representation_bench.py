@@ -51,7 +51,7 @@ SEEN_SETS = 20
 CASCADE_K = 20
 
 
-def _unique_titles(catalogue: Catalogue, needed: int) -> list[str]:
+def unique_titles(catalogue: Catalogue, needed: int) -> list[str]:
     """``needed`` distinct titles: the catalogue's, then numbered variants if it is short."""
     titles = list(catalogue.titles)
     k = 0
@@ -59,6 +59,14 @@ def _unique_titles(catalogue: Catalogue, needed: int) -> list[str]:
         titles.append(f"{catalogue.titles[k % len(catalogue.titles)]} (variant {k})")
         k += 1
     return titles[:needed]
+
+
+def write_catalogue(path: Path, titles: Sequence[str]) -> Path:
+    """``titles`` as a preload catalogue (JSONL, ids ``c0``, ``c1``, ...) at ``path``."""
+    with path.open("w") as handle:
+        for i, title in enumerate(titles):
+            handle.write(json.dumps({"id": f"c{i}", "text": title}) + "\n")
+    return path
 
 
 def _bodies(
@@ -111,7 +119,8 @@ def _metric(text: str, name: str) -> float:
     return total
 
 
-def _server(model: Path, env: dict[str, str], log_dir: Path, name: str) -> Any:
+def start_service(model: Path, env: dict[str, str], log_dir: Path, name: str) -> Any:
+    """The service on ``model`` (loopback, score cache off, quiet logs), plus ``env``."""
     port = free_port()
     base = {"RELEVANCE_SCORE_CACHE_MB": "0", "RELEVANCE_LOG_LEVEL": "warning"}
     return start_server(name, service_argv(model, port), port, env={**base, **env}, log_dir=log_dir)
@@ -119,7 +128,7 @@ def _server(model: Path, env: dict[str, str], log_dir: Path, name: str) -> Any:
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     catalogue = Catalogue.load(args.data)
-    titles = _unique_titles(catalogue, SEEN_SETS * ITEMS + args.unseen_sets * ITEMS)
+    titles = unique_titles(catalogue, SEEN_SETS * ITEMS + args.unseen_sets * ITEMS)
     seen_sets = [titles[i * ITEMS : (i + 1) * ITEMS] for i in range(SEEN_SETS)]
     rest = titles[SEEN_SETS * ITEMS :]
     unseen_sets = [rest[i * ITEMS : (i + 1) * ITEMS] for i in range(args.unseen_sets)]
@@ -138,7 +147,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     phases = out["phases"]
 
     # 1. The cross-encoder alone, on the seen sets' texts (its score cache is off).
-    ce = _server(args.cross_encoder, {}, log_dir, "cross-encoder")
+    ce = start_service(args.cross_encoder, {}, log_dir, "cross-encoder")
     with running(ce, "/readyz", args.ready_timeout_s) as live:
         many = seen_sets * 50  # cycled: the cache is off, so repeats cost the model each time
         phases["cross_encoder_100"] = asyncio.run(
@@ -151,7 +160,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "RELEVANCE_ITEM_STORE_MB": "1024",
     }
 
-    rep = _server(args.model, env, log_dir, "representation")
+    rep = start_service(args.model, env, log_dir, "representation")
     with running(rep, "/readyz", args.ready_timeout_s) as live:
         idle = snapshot(live.process.pid)
         info = _get(live.url, "/info")["model"]
@@ -192,12 +201,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         }
 
     # 5. A catalogue preloaded at start-up.
-    catalogue_file = log_dir / "catalogue.jsonl"
-    extra = _unique_titles(catalogue, args.catalogue_items)
-    with catalogue_file.open("w") as handle:
-        for i, title in enumerate(extra):
-            handle.write(json.dumps({"id": f"c{i}", "text": title}) + "\n")
-    pre = _server(
+    extra = unique_titles(catalogue, args.catalogue_items)
+    catalogue_file = write_catalogue(log_dir / "catalogue.jsonl", extra)
+    pre = start_service(
         args.model,
         # As the server above (the cascade's cross-encoder loaded too), plus the catalogue.
         {**env, "RELEVANCE_ITEM_PRELOAD": str(catalogue_file), "RELEVANCE_ITEM_STORE_MB": "4096"},
