@@ -72,8 +72,8 @@ class PathsConfig(_Section):
     teacher_cache_dir: str = ".cache/teacher"
     # The teacher's training checkpoint (adapter, optimizer, RNG, step): committed, so a
     # fresh machine continues a run that takes several sessions.
-    teacher_checkpoints: str = "checkpoints/teacher"
-    teacher_package: str = "teacher-qwen05b-lora"
+    teacher_checkpoints: str = "checkpoints/teacher-qwen05b-l14"
+    teacher_package: str = "teacher-qwen05b-l14"
     default_package: str = "minilm-homedepot"
     # Under models_dir: the frontier's choice of default student and how to retrain it
     # (written by the frontier, committed): what ensure-default rebuilds.

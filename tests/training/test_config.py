@@ -15,7 +15,7 @@ def test_defaults_point_at_the_shared_data_and_repo_dirs() -> None:
     config = load_config(environ={})
     assert config.path("data") == (REPO_ROOT / "../shared/data/homedepot/train.csv").resolve()
     assert config.path("labels_dir") == REPO_ROOT / "labels"
-    assert config.teacher_package_dir == REPO_ROOT / "models" / "teacher-qwen05b-lora"
+    assert config.teacher_package_dir == REPO_ROOT / "models" / "teacher-qwen05b-l14"
     assert config.default_package_dir == REPO_ROOT / "models" / "minilm-homedepot"
     assert config.loss.pointwise_weight == 1.0 and config.loss.margin_weight == 1.0
 
