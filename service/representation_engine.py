@@ -8,9 +8,9 @@ so the app, the routes and a registry of models hold either kind.
 lane* at once, and the items not stored (each distinct one once) to the *item lane* under
 admission; both run concurrently. Item vectors as stored (float16) and the query's vector
 give ``logit = scale * similarity + bias`` and ``score = sigmoid(logit)``
-(:mod:`relevance_core.representation`). A freshly encoded item is scored with exactly the
-vectors that are stored for it, so a score is the same whether its item came from the
-store or not.
+(:mod:`relevance_core.representation`), after the manifest's calibration when it has one.
+A freshly encoded item is scored with exactly the vectors that are stored for it, so a
+score is the same whether its item came from the store or not.
 
 **Why two lanes.** Each lane (:mod:`service.vector_lane`) is a micro-batcher with its own
 inference thread and its own ONNX session (the package has a graph per side anyway).
@@ -49,7 +49,7 @@ from typing import Any
 
 import numpy as np
 
-from relevance_core.activation import sigmoid
+from relevance_core.activation import activate
 from relevance_core.representation import (
     logits_from_similarity,
     one_query_similarities,
@@ -365,7 +365,7 @@ class RepresentationEngine(EngineLifecycle):
         vectors = [item.vectors.astype(np.float32) for item in stored]
         sims = one_query_similarities(m.architecture, query_result.logits[0], vectors)
         logits = logits_from_similarity(m.head.scale, m.head.bias, sims)
-        scores = sigmoid(logits)
+        scores = activate(m.activation, logits, m.calibration)
         queue_s, inference_s, batches = (
             query_result.queue_s,
             query_result.inference_s,

@@ -31,6 +31,7 @@ from service.model_package import (
     MANIFEST_NAME,
     ModelPackage,
     ModelPackageError,
+    ScoreCalibration,
     ScoreSpec,
     _resolve,
     load_package,
@@ -122,6 +123,9 @@ class RepresentationManifest(_Strict):
     head: HeadManifest
     item_vectors: ItemVectors
     score: ScoreSpec = Field(default_factory=ScoreSpec)
+    # Platt scaling of the head's logit before the sigmoid (training.score_calibration),
+    # as in a cross-encoder package: scores that mean what ``score.classes`` say.
+    calibration: ScoreCalibration | None = None
     variants: dict[str, RepresentationVariant]
     files: dict[str, str]
     evaluation: dict[str, Any] = Field(default_factory=dict)

@@ -9,11 +9,16 @@ target, and random catalogue products of the same queries (another draw than the
 evaluated) with target 0, the two sets weighted alike. The map goes into the manifest
 (``calibration``) and :func:`relevance_core.activation.activate` applies it for the
 service and the evaluation alike. Being strictly increasing, it changes no ranking.
+
+Both package kinds are calibrated the same way on their served variant's logits: a
+cross-encoder's graph output, a representation package's head logit
+(``scale * similarity + bias``).
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +62,27 @@ def fit_platt(
     return float(np.exp(result.x[0])), float(result.x[1])
 
 
+def package_logits(package_dir: Path, threads: int, batch_size: int) -> Callable[[Any], np.ndarray]:
+    """``frame -> logits`` of a package of either kind, its served CPU variant, before any
+    calibration (what the map is fit on)."""
+    from service.representation_package import (
+        REPRESENTATION,
+        load_representation_package,
+        package_kind,
+    )
+
+    if package_kind(package_dir) == REPRESENTATION:
+        from training.onnx_export.representation import package_scorer
+
+        variant = load_representation_package(package_dir).select_variant("auto")
+        pairs = package_scorer(package_dir, variant, threads, batch_size=batch_size)
+    else:
+        from training.evaluation.baselines import PackageScorer
+
+        pairs = PackageScorer(package_dir, threads, batch_size)
+    return lambda frame: pairs.logits(frame["query"].tolist(), frame["title"].tolist())
+
+
 def calibrate_package(
     config: TrainConfig, dataset: Dataset, package_dir: Path, force: bool = False
 ) -> dict[str, Any] | None:
@@ -64,10 +90,10 @@ def calibrate_package(
 
     "never": nothing. "auto": only when the uncalibrated package misses the target on
     the evaluated draw of validation random negatives. A package that already carries a
-    calibration keeps it unless ``force``.
+    calibration keeps it unless ``force``. Cross-encoder and representation packages alike.
     """
-    from service.model_package import ScoreCalibration, load_package, write_manifest
-    from training.evaluation.baselines import PackageScorer
+    from service.model_package import ScoreCalibration, write_manifest
+    from service.representation_package import load_any_package
 
     mode = config.export.calibration
     if mode == "never":
@@ -77,11 +103,11 @@ def calibrate_package(
             f"export.calibration={mode!r} fits on random negatives: set "
             "evaluate.negatives_per_query > 0"
         )
-    package = load_package(package_dir)
+    package = load_any_package(package_dir)
     if package.manifest.calibration is not None and not force:
         return package.manifest.calibration.fit
     settings = config.evaluate
-    scorer = PackageScorer(package_dir, settings.threads, settings.batch_size)
+    logits = package_logits(package_dir, settings.threads, settings.batch_size)
     validation = dataset.splits["validation"]
     evaluated = validation_negatives(config, dataset)
     fit_draw = validation_negatives(config, dataset, seed=settings.negatives_seed + FIT_SEED_OFFSET)
@@ -91,9 +117,6 @@ def calibrate_package(
         settings.negatives_per_query,
         settings.negatives_seed,
     )
-
-    def logits(frame: Any) -> np.ndarray:
-        return scorer.logits(frame["query"].tolist(), frame["title"].tolist())
 
     raw = {"validation": logits(validation), "evaluated": logits(evaluated)}
     before = irrelevant_share(sigmoid(raw["evaluated"], np.float64))
@@ -137,7 +160,7 @@ def calibrate_package(
     manifest = package.manifest.model_copy(
         update={"calibration": ScoreCalibration(scale=scale, bias=bias, fit=fit)}
     )
-    write_manifest(package_dir, manifest)
+    write_manifest(package_dir, manifest)  # type: ignore[arg-type]
     logger.info(
         "calibration scale %.3f bias %.3f: random negatives irrelevant %.1f%% -> %.1f%%",
         scale,

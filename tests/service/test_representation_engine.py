@@ -92,6 +92,40 @@ def test_scores_are_the_exports_and_the_same_from_the_store(
     run_async(body)
 
 
+def test_the_manifests_calibration_maps_the_scores_as_the_export_does(
+    tiny_representation_package: Path, tmp_path: Path
+) -> None:
+    import shutil
+
+    from relevance_core.activation import sigmoid
+    from service.model_package import ScoreCalibration, write_manifest
+    from training.onnx_export.representation import package_scorer
+
+    package = tmp_path / "calibrated"
+    shutil.copytree(tiny_representation_package, package)
+    manifest = load_representation_package(package).manifest
+    calibration = ScoreCalibration(scale=2.5, bias=-1.0, fit={"test": True})
+    write_manifest(package, manifest.model_copy(update={"calibration": calibration}))
+    texts = make_texts(20, seed=2)
+    expected = package_scorer(package, "fp32").score([QUERY] * len(texts), texts)
+
+    async def body() -> Any:
+        engine, _ = _engine(package)
+        await _started(engine)
+        try:
+            return await engine.score(QUERY, texts, deadline=_deadline())
+        finally:
+            await engine.stop()
+
+    result = run_async(body)
+    # logits stay the head's (what raw_scores answers); scores go through the map.
+    np.testing.assert_allclose(
+        result.scores, sigmoid(2.5 * result.logits.astype(np.float64) - 1.0), atol=1e-6
+    )
+    assert np.abs(result.scores - expected).max() <= 1e-5
+    assert np.abs(result.scores - sigmoid(result.logits)).max() > 0.05
+
+
 def test_an_id_with_new_text_is_encoded_again(tiny_representation_package: Path) -> None:
     async def body() -> None:
         engine, registry = _engine(tiny_representation_package)

@@ -490,7 +490,8 @@ def package_scorer(
 ) -> PairScorer:
     """A :class:`PairScorer` over a package's two graphs of ``variant``, as a server runs it.
 
-    ``storage="manifest"`` casts item vectors to the manifest's stored dtype.
+    ``storage="manifest"`` casts item vectors to the manifest's stored dtype; the
+    manifest's calibration, if any, maps the scores as the service does.
     """
     import onnxruntime as ort
 
@@ -517,6 +518,7 @@ def package_scorer(
         text_tokenizer(tokenizer, manifest.item.max_length),
         batch_size,
         storage=manifest.item_vectors.dtype if storage == "manifest" else storage,
+        calibration=manifest.calibration,
     )
 
 
@@ -552,4 +554,12 @@ def summarize(package_dir: str | Path) -> str:
     for variant, attempts in manifest.provenance.get("export", {}).get("rejected", {}).items():
         reasons = "; ".join(f"{a['recipe']}: {a.get('reason') or a.get('error')}" for a in attempts)
         lines.append(f"  {variant}: NOT WRITTEN ({reasons})")
+    if manifest.calibration is not None:
+        fit = manifest.calibration.fit
+        lines.append(
+            f"  calibration: sigmoid({manifest.calibration.scale:.3f} * logit "
+            f"{manifest.calibration.bias:+.3f}); validation random negatives irrelevant "
+            f"{fit.get('validation_negatives_irrelevant_before', 0):.1%} -> "
+            f"{fit.get('validation_negatives_irrelevant_after', 0):.1%}"
+        )
     return "\n".join(lines)

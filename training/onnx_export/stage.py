@@ -254,6 +254,10 @@ def export_representation_run(
         catalogue_texts=dataset.products["title"].tolist(),
         extra_manifest={"evaluation": _evaluation(config, name), "provenance": provenance},
     )
+    from training.score_calibration import calibrate_package
+
+    # The same rule as the cross-encoder's (export.calibration), on the served variant.
+    calibrate_package(config, dataset, package, force=force)
     logger.info("model package written to %s\n%s", package, summarize_representation(package))
     return package
 

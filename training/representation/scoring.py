@@ -17,7 +17,7 @@ import numpy as np
 from tokenizers import Tokenizer
 
 from relevance_core import representation as head
-from relevance_core.activation import sigmoid
+from relevance_core.activation import Calibration, activate
 from training.representation import BI_ENCODER
 from training.representation.model import (
     HeadSpec,
@@ -62,7 +62,8 @@ def session_encoder(
 
 class PairScorer:
     """Scores pairs through separately encoded sides; ``storage`` casts item vectors to
-    the stored dtype (e.g. ``"float16"``, the package's) and back to float32 before use."""
+    the stored dtype (e.g. ``"float16"``, the package's) and back to float32 before use;
+    ``calibration`` (a package's) maps the head's logit before the sigmoid, as served."""
 
     def __init__(
         self,
@@ -72,8 +73,10 @@ class PairScorer:
         item_tokenizer: Tokenizer,
         batch_size: int = 64,
         storage: str | None = None,
+        calibration: Calibration | None = None,
     ) -> None:
         self.spec = spec
+        self.calibration = calibration
         self.encode = encode
         self.tokenizers = {QUERY: query_tokenizer, ITEM: item_tokenizer}
         self.batch_size = batch_size
@@ -107,6 +110,21 @@ class PairScorer:
         unique = list(dict.fromkeys(texts))
         return dict(zip(unique, self.encode_side(QUERY, unique), strict=True))
 
+    def logits_encoded(
+        self,
+        queries: Sequence[str],
+        items: Sequence[str],
+        query_vectors: dict[str, Vectors],
+        item_vectors: dict[str, Vectors],
+    ) -> np.ndarray:
+        """The head's logits (float64, before calibration) of pairs whose sides are encoded."""
+        sims = pair_similarities(
+            self.spec,
+            [query_vectors[q] for q in queries],
+            [item_vectors[t] for t in items],
+        )
+        return np.asarray(logits_from_similarity(self.spec, sims), dtype=np.float64)
+
     def score_encoded(
         self,
         queries: Sequence[str],
@@ -115,12 +133,16 @@ class PairScorer:
         item_vectors: dict[str, Vectors],
     ) -> np.ndarray:
         """Scores (float64, [0, 1]) of pairs whose sides are already encoded."""
-        sims = pair_similarities(
-            self.spec,
-            [query_vectors[q] for q in queries],
-            [item_vectors[t] for t in items],
+        logits = self.logits_encoded(queries, items, query_vectors, item_vectors)
+        return activate("sigmoid", logits, self.calibration, np.float64)
+
+    def logits(self, queries: Sequence[str], items: Sequence[str]) -> np.ndarray:
+        """The head's logits of pairs (before calibration), each distinct text encoded once."""
+        if len(queries) != len(items):
+            raise ValueError(f"got {len(queries)} queries for {len(items)} items")
+        return self.logits_encoded(
+            queries, items, self.encode_queries(queries), self.encode_items(items)
         )
-        return sigmoid(logits_from_similarity(self.spec, sims), np.float64)
 
     def score(self, queries: Sequence[str], items: Sequence[str]) -> np.ndarray:
         """Scores of pairs, each distinct query and item encoded once."""

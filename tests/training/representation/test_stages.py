@@ -106,3 +106,39 @@ def test_the_cascade_stage_ranks_with_the_package_and_rescored_heads(with_repres
     assert text.endswith("- one\n")
     # The evaluate stage's report finds the stored result of the package again.
     assert stored_result(config)["systems"] == result["systems"]
+
+
+def test_a_representation_package_is_calibrated_like_a_cross_encoder(with_representation) -> None:
+    from relevance_core.activation import sigmoid
+    from training.artifacts import validation_negatives
+    from training.evaluation.metrics import pairwise_accuracy
+    from training.evaluation.negatives import irrelevant_share
+    from training.onnx_export.representation import package_scorer
+
+    config, run_dir = with_representation
+    config = config.model_copy(
+        update={"export": config.export.model_copy(update={"calibration": "always"})}
+    )
+    package = stage_export(config, student=run_dir.name)
+    manifest = read_representation_manifest(package)
+    assert manifest.calibration is not None and manifest.calibration.scale > 0
+    fit = manifest.calibration.fit
+    assert fit["calibrated"] is True
+    dataset = load_dataset(config)
+    negatives = validation_negatives(config, dataset)
+    validation = dataset.splits["validation"]
+    scorer = package_scorer(package, "fp32")
+    logits = scorer.logits(negatives["query"].tolist(), negatives["title"].tolist())
+    scored = scorer.score(negatives["query"].tolist(), negatives["title"].tolist())
+    # The package's scorer maps the head's logit as the manifest says.
+    cal = manifest.calibration
+    np.testing.assert_allclose(scored, sigmoid(cal.scale * logits + cal.bias, np.float64))
+    assert fit["validation_negatives_irrelevant_before"] == irrelevant_share(sigmoid(logits))
+    assert fit["validation_negatives_irrelevant_after"] == pytest.approx(irrelevant_share(scored))
+    assert irrelevant_share(scored) > irrelevant_share(sigmoid(logits))
+    # Strictly increasing: the ranking of the human pairs is what it was.
+    queries, titles = validation["query"].tolist(), validation["title"].tolist()
+    keys, grades = validation["query_key"], validation["grade"]
+    assert pairwise_accuracy(keys, grades, scorer.score(queries, titles)) == pairwise_accuracy(
+        keys, grades, sigmoid(scorer.logits(queries, titles))
+    )
