@@ -179,15 +179,16 @@ async def open_loop(
 
     async def send(prepared: Prepared, sent_at: float) -> None:
         t0 = time.monotonic()
-        status, error = 0, ""
+        status, error, server_ms = 0, "", None
         try:
             if client is not None:
                 response = await client.post(prepared.path, content=prepared.body, headers=headers)
                 status = response.status_code
             else:
-                status, _ = await rawhttp.post(
+                answer = await rawhttp.exchange(
                     base_url, prepared.path, prepared.body, timeout_s=timeout_s
                 )
+                status, server_ms = answer.status, answer.header_ms("x-total-time")
         except httpx.HTTPError as exc:
             error = no_answer_kind(exc)
         except rawhttp.NoAnswer as exc:
@@ -200,6 +201,7 @@ async def open_loop(
                 status,
                 started_s=sent_at,
                 error=error,
+                server_s=None if server_ms is None else server_ms / 1000,
             )
         )
 

@@ -3,12 +3,14 @@
 httpx costs the sender milliseconds of CPU per request and its pool slows down with
 hundreds of connections in flight; on a small machine shared with the server, an overload
 run then measures the client. This client does only what a load generator needs: send a
-body, read the status and a ``Content-Length`` body (or until the server closes).
+body, read the status, the headers and a ``Content-Length`` body (or until the server
+closes).
 """
 
 from __future__ import annotations
 
 import asyncio
+from typing import NamedTuple
 from urllib.parse import urlsplit
 
 
@@ -20,10 +22,31 @@ class NoAnswer(Exception):
         self.kind = kind
 
 
+class Answer(NamedTuple):
+    status: int
+    body: bytes
+    headers: dict[str, str]  # names lower-cased
+
+    def header_ms(self, name: str) -> float | None:
+        """A numeric header in milliseconds (e.g. the service's ``x-total-time``), or None."""
+        try:
+            return float(self.headers[name])
+        except (KeyError, ValueError):
+            return None
+
+
 async def post(
     base_url: str, path: str, body: bytes, *, timeout_s: float, method: str = "POST"
 ) -> tuple[int, bytes]:
     """Send one request on a new connection; returns (status, body)."""
+    answer = await exchange(base_url, path, body, timeout_s=timeout_s, method=method)
+    return answer.status, answer.body
+
+
+async def exchange(
+    base_url: str, path: str, body: bytes, *, timeout_s: float, method: str = "POST"
+) -> Answer:
+    """Send one request on a new connection; returns its status, body and headers."""
     parts = urlsplit(base_url)
     host, port = parts.hostname or "127.0.0.1", parts.port or 80
     try:
@@ -32,7 +55,7 @@ async def post(
         raise NoAnswer("timeout") from None
 
 
-async def _exchange(host: str, port: int, method: str, path: str, body: bytes) -> tuple[int, bytes]:
+async def _exchange(host: str, port: int, method: str, path: str, body: bytes) -> Answer:
     try:
         reader, writer = await asyncio.open_connection(host, port)
     except OSError as exc:
@@ -49,16 +72,16 @@ async def _exchange(host: str, port: int, method: str, path: str, body: bytes) -
         if not status_line:
             raise NoAnswer("disconnected", "closed before answering")
         status = int(status_line.split(b" ", 2)[1])
-        length = None
+        headers: dict[str, str] = {}
         while True:
             line = await reader.readline()
             if line in (b"\r\n", b"\n", b""):
                 break
             name, _, value = line.partition(b":")
-            if name.strip().lower() == b"content-length":
-                length = int(value.strip())
-        payload = await (reader.readexactly(length) if length is not None else reader.read())
-        return status, payload
+            headers[name.strip().lower().decode("latin-1")] = value.strip().decode("latin-1")
+        length = headers.get("content-length")
+        payload = await (reader.readexactly(int(length)) if length is not None else reader.read())
+        return Answer(status, payload, headers)
     except (OSError, asyncio.IncompleteReadError, ValueError, IndexError) as exc:
         raise NoAnswer("disconnected", repr(exc)) from None
     finally:

@@ -21,6 +21,10 @@ class Sample:
     # When it was sent (seconds from the start of the run) and, for status 0, why no answer.
     started_s: float = 0.0
     error: str = ""
+    # What the server said the request took (its ``x-total-time``, from the request's
+    # arrival to its answer), when the client read it: latency_s minus this is the time
+    # spent outside the server's handling (connecting, queued in the kernel, the client).
+    server_s: float | None = None
 
     @property
     def ok(self) -> bool:

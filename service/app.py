@@ -86,6 +86,8 @@ def admission_config(settings: Settings) -> AdmissionConfig:
         max_queue_pairs=settings.max_queue_pairs,
         latency_s=settings.slo_latency_ms / 1000 * settings.admission_slo_factor,
         latency_items=settings.slo_items,
+        slo_factor=settings.admission_slo_factor,
+        tail_quantile=settings.admission_tail_quantile,
         batch_pairs=settings.max_batch_size or DEFAULT_MAX_BATCH_SIZE,
     )
 

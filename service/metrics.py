@@ -235,6 +235,13 @@ class Metrics:
             registry=r,
         )
         self.forecast_lateness.set(1.0)
+        self.admission_tail = Gauge(
+            "relevance_admission_tail_share",
+            "Share of each request's budget admission admits against (the tail guard: 1 / "
+            "the recent overrun quantile of requests admitted near their edge).",
+            registry=r,
+        )
+        self.admission_tail.set(1.0)
         self.max_batch_size = Gauge(
             "relevance_max_batch_size_pairs",
             "The batch size in use (measured at warm-up unless RELEVANCE_MAX_BATCH_SIZE).",

@@ -147,3 +147,14 @@ def test_session_provider_maps_ort_names_to_the_scorer_choice() -> None:
 def test_traffic_is_a_scenario_of_its_own() -> None:
     assert parse_args(["--only", "traffic"]).only == ["traffic"]
     assert "traffic" in parse_args([]).only
+
+
+def test_the_server_side_p99_is_read_from_the_samples_that_carry_it() -> None:
+    samples = [Sample("score", 50, 1.3, 200, server_s=0.8) for _ in range(50)]
+    samples += [Sample("score", 50, 0.02, 429, server_s=0.001) for _ in range(10)]
+    samples += [Sample("score", 50, 0.4, 200) for _ in range(5)]  # no header read
+    f = _figures(samples)
+    assert f.p99_over_budget == pytest.approx(1.3)
+    # Refusals are not admitted; samples without the header do not count.
+    assert f.server_p99_over_budget == pytest.approx(0.8)
+    assert _figures(_samples((5, 200, 0.4, 50))).server_p99_over_budget is None

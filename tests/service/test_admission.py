@@ -351,3 +351,121 @@ def test_lateness_ignores_short_forecasts_and_failed_requests_and_stays_bounded(
         with admission.reserve(8, tokens=8000):
             pass  # answered at once (the clock does not move): the floor holds
     assert admission.lateness == pytest.approx(0.5)
+
+
+# -------------------------------------------------------------------------- tail guard
+def _tail_admission(clock: Clock, registry: CollectorRegistry | None = None) -> Admission:
+    config = AdmissionConfig(latency_s=0.1, batch_pairs=BATCH, tail_quantile=0.9)
+    admission = Admission(config, metrics=Metrics(registry) if registry else None, clock=clock)
+    admission.fit(exact_runs())
+    admission.forecast.padding_factor = 1.0
+    return admission
+
+
+def _overrun(admission: Admission, clock: Clock, ratio: float) -> None:
+    """A request admitted near its edge (8 pairs of 85 tokens: forecast 70 ms of its 100 ms
+    budget), answered ``ratio`` times its forecast after it arrived. The mean lateness
+    (learned from the same answers, tested above) is reset each time, so that the tail
+    guard is seen alone."""
+    admission.lateness = 1.0
+    with admission.reserve(8, tokens=680) as ticket:
+        forecast = ticket.predicted_at - ticket.arrived
+        assert forecast == pytest.approx(0.07)
+        clock.now += ratio * forecast
+
+
+def test_overruns_of_requests_admitted_near_their_edge_shrink_what_admission_admits() -> None:
+    from service.admission import TAIL_MIN_SAMPLES
+
+    clock = Clock()
+    registry = CollectorRegistry()
+    admission = _tail_admission(clock, registry)
+    # Answered 1.25x their forecast: the 90th percentile of overruns is 1.25.
+    for _ in range(TAIL_MIN_SAMPLES - 1):
+        _overrun(admission, clock, 1.25)
+    assert admission.tail == 1.0  # too few answers to judge by
+    _overrun(admission, clock, 1.25)
+    # The guard takes the spread beyond the mean lateness (which the answers also moved).
+    assert admission.lateness > 1.0
+    assert admission.tail == pytest.approx(admission.lateness / 1.25)
+    admission.lateness = 1.0
+    assert not admission.saturated()  # (re-reads the window)
+    assert admission.tail == pytest.approx(1 / 1.25)
+    assert registry.get_sample_value("relevance_admission_tail_share") == pytest.approx(0.8)
+    assert admission.load()["tail"] == pytest.approx(0.8, abs=1e-3)
+    assert admission.load()["tail_samples"] == TAIL_MIN_SAMPLES
+    # Once lateness has learned the whole overrun, nothing is left for the guard: the
+    # forecasts are already scaled by it.
+    admission.lateness = 1.25
+    admission.saturated()
+    assert admission.tail == pytest.approx(1.0)
+
+
+def test_the_guard_refuses_what_would_fit_the_full_budget() -> None:
+    from service.admission import TAIL_MIN_SAMPLES, TAIL_WINDOW_S
+
+    clock = Clock()
+    admission = _tail_admission(clock)
+    for _ in range(TAIL_MIN_SAMPLES):
+        _overrun(admission, clock, 1.34)
+    admission.lateness = 1.0
+    admission.saturated()
+    assert admission.tail == pytest.approx(1 / 1.34)
+    # 48 + 8 pairs of 10 tokens queued (7 batches of 2 ms + 56 ms of tokens = 70 ms); 8
+    # more would finish at 80 ms: within their 100 ms due time, past 1 / 1.34 of it.
+    with admission.reserve(48, tokens=480), admission.reserve(8, tokens=80):
+        with pytest.raises(Overloaded), admission.reserve(8, tokens=80):
+            pass
+        # Once the overruns are older than the window, the full budget again.
+        clock.now += TAIL_WINDOW_S + 1
+        with admission.reserve(8, tokens=80):
+            assert admission.tail == 1.0
+
+
+def test_requests_far_from_their_edge_teach_nothing_and_old_lessons_expire() -> None:
+    from service.admission import TAIL_MIN_SAMPLES, TAIL_WINDOW_S
+
+    clock = Clock()
+    admission = _tail_admission(clock)
+    # Alone in the queue, forecast 10 ms of 100: three times late is still on time.
+    for _ in range(3 * TAIL_MIN_SAMPLES):
+        with admission.reserve(8, tokens=80) as ticket:
+            clock.now += 3 * (ticket.predicted_at - ticket.arrived)
+    assert admission.tail == 1.0 and admission.load()["tail_samples"] == 0
+    for _ in range(TAIL_MIN_SAMPLES):
+        _overrun(admission, clock, 1.4)
+    assert admission.tail < 1.0
+    # An overload's lesson is forgotten once the window has passed without new ones.
+    clock.now += TAIL_WINDOW_S + 1
+    with admission.reserve(1, tokens=10):
+        assert admission.tail == 1.0
+
+
+def test_a_tail_quantile_of_zero_turns_the_guard_off() -> None:
+    from service.admission import TAIL_MIN_SAMPLES
+
+    clock = Clock()
+    admission = _tail_admission(clock)
+    admission.config = AdmissionConfig(latency_s=0.1, batch_pairs=BATCH, tail_quantile=0.0)
+    for _ in range(2 * TAIL_MIN_SAMPLES):
+        _overrun(admission, clock, 1.4)
+    assert admission.tail == 1.0
+
+
+def test_the_early_check_holds_a_probe_to_the_guard_from_its_own_arrival() -> None:
+    """``saturated`` (before a body is read) judges a one-pair request arriving now: under
+    the guard it is refused only when that request would be (a probe counted from another
+    instant than now once refused everything whenever the guard was below 1)."""
+    from service.admission import TAIL_MIN_SAMPLES
+
+    clock = Clock()
+    admission = _tail_admission(clock)
+    for _ in range(TAIL_MIN_SAMPLES):
+        _overrun(admission, clock, 1.34)
+    admission.lateness = 1.0
+    with admission.reserve(48, tokens=480):  # 60 ms of work: a probe fits 0.75 of 100 ms
+        assert admission.tail == pytest.approx(1 / 1.34)
+        assert not admission.saturated()
+        # 74 ms queued: a probe (a batch of 2 ms at least) would pass 74.6 ms, not 100.
+        with admission.reserve(8, tokens=120):
+            assert admission.saturated()
