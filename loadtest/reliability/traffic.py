@@ -166,6 +166,20 @@ def lone_request_failures(statuses: Sequence[int], ratio: float | None) -> list[
     return out
 
 
+def small_batch_pairs_per_s(ceiling: dict[str, Any], items: int) -> tuple[float, str] | None:
+    """The raw session's best pairs/s over the batch sizes of at most ``items`` pairs it
+    measured, and which one (what a lone request of ``items`` pairs could reach at best)."""
+    sizes = {
+        key: rate
+        for key, rate in ceiling.get("by_batch_size", {}).items()
+        if int(key.split()[0]) <= items
+    }
+    if not sizes:
+        return None
+    key = max(sizes, key=sizes.__getitem__)
+    return sizes[key], f"batch {key}"
+
+
 def lone_request_row(url: str, ceiling: dict[str, Any], seed: int) -> Row:
     requests = scoring_requests(
         LONE_WARMUP + LONE_REQUESTS,
@@ -181,6 +195,7 @@ def lone_request_row(url: str, ceiling: dict[str, Any], seed: int) -> Row:
     ratio = per_pair_ratio(p50_s, LONE_ITEMS, ceiling["pairs_per_s"]) if p50_s else None
     failures = lone_request_failures([status for _, status in timed], ratio)
     best_pair_ms = 1000 / ceiling["pairs_per_s"]
+    small = small_batch_pairs_per_s(ceiling, LONE_ITEMS)
     return Row(
         "Lone small request vs the raw session",
         f"{LONE_REQUESTS} sequential {LONE_ITEMS}-item /score requests on an idle server "
@@ -190,7 +205,15 @@ def lone_request_row(url: str, ceiling: dict[str, Any], seed: int) -> Row:
         "(same graph, provider and threads, this machine, this run)",
         f"p50 {_ms(p50_s)} = {_ms(p50_s / LONE_ITEMS if p50_s else None, 2)} a pair, p99 "
         f"{_ms(percentile(ok, 99) if ok else None)}; {_ceiling_text(ceiling)} = "
-        f"{best_pair_ms:.2f} ms a pair; ratio {_x(ratio)}" + why_not(failures),
+        f"{best_pair_ms:.2f} ms a pair; ratio {_x(ratio)}"
+        + (
+            f" (context: the raw session's own best at batches of at most {LONE_ITEMS} "
+            f"pairs, {small[1]}, is {1000 / small[0]:.2f} ms a pair = "
+            f"{1000 / small[0] / best_pair_ms:.2f}x its best)"
+            if small
+            else ""
+        )
+        + why_not(failures),
         {
             "latencies_ms": [round(x * 1000, 1) for x in ok],
             "p50_ms": _round_ms(p50_s),

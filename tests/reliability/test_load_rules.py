@@ -158,3 +158,10 @@ def test_the_server_side_p99_is_read_from_the_samples_that_carry_it() -> None:
     # Refusals are not admitted; samples without the header do not count.
     assert f.server_p99_over_budget == pytest.approx(0.8)
     assert _figures(_samples((5, 200, 0.4, 50))).server_p99_over_budget is None
+
+
+def test_the_lone_request_row_names_the_raw_sessions_best_at_small_batches() -> None:
+    ceiling = {"by_batch_size": {"1": 200.0, "8 sorted": 560.0, "8": 540.0, "32": 875.0}}
+    assert traffic.small_batch_pairs_per_s(ceiling, 10) == (560.0, "batch 8 sorted")
+    assert traffic.small_batch_pairs_per_s(ceiling, 1) == (200.0, "batch 1")
+    assert traffic.small_batch_pairs_per_s({"by_batch_size": {"32": 1.0}}, 10) is None
