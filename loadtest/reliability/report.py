@@ -44,6 +44,15 @@ Found while building the suite (on the tiny model) and fixed in `service/`, not 
   concurrency. They are `async def` now.
 - `RELEVANCE_TEACHER_DIR` naming a missing directory imported torch before failing, slowing
   `/score` for seconds; it now fails at once.
+- Overload on the real package (2-core Intel Xeon, 2026-12-03): admitted p99 116% / 131% of
+  the SLO at 2x / 5x, measured on the server's own clock (`x-total-time`) as on the
+  client's, so not the load client. Forecasts scaled by the mean lateness were right on
+  average, but the queue is kept full to the budget under overload and the spread alone
+  made requests late. Admission's tail guard now holds each due time to `lateness / q` of
+  it, `q` the 98th percentile (`RELEVANCE_ADMISSION_TAIL_QUANTILE`) of how far requests
+  admitted near their edge overran the cost model in the last 20 s. Found with it: the
+  early check before a body is read judged its probe from the wrong instant and refused
+  everything while the guard was active (goodput fell to 70%); fixed and tested.
 """
 
 

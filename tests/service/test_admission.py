@@ -469,3 +469,19 @@ def test_the_early_check_holds_a_probe_to_the_guard_from_its_own_arrival() -> No
         # 74 ms queued: a probe (a batch of 2 ms at least) would pass 74.6 ms, not 100.
         with admission.reserve(8, tokens=120):
             assert admission.saturated()
+
+
+def test_a_few_overruns_spread_over_the_window_do_not_arm_the_guard() -> None:
+    """Half-load bursts bring a request near its edge now and then; the guard acts only on
+    a sustained stream of them (TAIL_MIN_SAMPLES within TAIL_RECENT_S)."""
+    from service.admission import TAIL_MIN_SAMPLES, TAIL_RECENT_S, TAIL_WINDOW_S
+
+    clock = Clock()
+    admission = _tail_admission(clock)
+    gap_s = TAIL_RECENT_S / (TAIL_MIN_SAMPLES - 2)  # fewer than the minimum per recent span
+    assert gap_s * TAIL_MIN_SAMPLES < TAIL_WINDOW_S
+    for _ in range(TAIL_MIN_SAMPLES):
+        _overrun(admission, clock, 1.5)
+        clock.now += gap_s
+    assert admission.load()["tail_samples"] == TAIL_MIN_SAMPLES
+    assert admission.tail == 1.0
