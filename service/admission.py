@@ -35,8 +35,7 @@ at 2x overload, requests forecast at 0.8 s were answered at 0.94 s (p99 1.16 s).
 queued request's answer is compared with the forecast it was admitted on, and the recent
 ratio (an exponential average, within [0.5, 3]) scales every forecast.
 
-**Tail guard** (acting once ``TAIL_MIN_SAMPLES`` such answers came within
-``TAIL_RECENT_S``: a sustained overload): lateness corrects the forecast's mean, not its spread. Under overload the
+**Tail guard**: lateness corrects the forecast's mean, not its spread. Under overload the
 queue is kept full to the budget, so every admitted request is forecast close to it and
 the spread alone makes many of them late (measured on the 2-core machine, server side:
 admitted p99 116% of the SLO at 2x, 131% at 5x, with the mean lateness applied). So for
@@ -45,14 +44,15 @@ what admission allowed them: the ones a wrong forecast makes late), admission ke
 far each overran the cost model's forecast (answered / forecast, both from its arrival)
 for the last ``TAIL_WINDOW_S`` seconds, and admits against ``tail = lateness / q`` of each
 budget (at most all of it), ``q`` the ``tail_quantile`` of those overruns: the spread
-beyond the mean that lateness already corrects. Requests far from their edge are left out
-(a short forecast's small error in seconds is a large ratio), and the window is in time,
-not answers: once an overload is over its lesson expires, so a burst on an idle server is
-judged on the full budget. Tried first and rejected (quick overload runs, 2026-12-03): a
-stochastic quantile tracker on answers past the SLO (late answers come in clusters and
-drove it to its floor), and overruns taken against the lateness-corrected forecast (the
-start of an overload, before lateness caught up, then held admission at 0.6 of the budget
-for the whole window).
+beyond the mean that lateness already corrects. It acts only once ``TAIL_MIN_SAMPLES``
+such answers came within ``TAIL_RECENT_S`` (a sustained overload, not a burst). Requests
+far from their edge are left out (a short forecast's small error in seconds is a large
+ratio), and the window is in time, not answers: once an overload is over its lesson
+expires, so a burst on an idle server is judged on the full budget. Tried first and
+rejected (quick overload runs, 2026-12-03): a stochastic quantile tracker on answers past
+the SLO (late answers come in clusters and drove it to its floor), and overruns taken
+against the lateness-corrected forecast (the start of an overload, before lateness caught
+up, then held admission at 0.6 of the budget for the whole window).
 
 Nothing depends on how far apart requests arrive: a burst whose work fits within the
 budgets is admitted whole, one that does not is cut where it stops fitting. An empty
