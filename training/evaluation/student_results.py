@@ -134,12 +134,14 @@ def current_fingerprints(
     """Run name -> the fingerprint the config trains it under now.
 
     The distill stage's curve runs (named and fingerprinted as
-    :func:`training.stages.stage_distill` does, ingested live pairs included) and the
-    small stage's runs of their source (the run on disk, else the one the curve trains).
+    :func:`training.stages.stage_distill` does, ingested live pairs included), the
+    representation stage's run, and the small stage's runs of their source (the run on
+    disk, else the one the curve trains).
     A run whose identity needs what is not here (its labels' teacher) is left out.
     """
     from training.mirror_ingest import mirror_training_pairs
     from training.recipe import curve_runs
+    from training.representation.runs import representation_run
     from training.small import source_run
     from training.stages import distill_fingerprint, distill_run_name
 
@@ -151,6 +153,11 @@ def current_fingerprints(
             expected[run.name] = distill_fingerprint(run, dataset, mirror, config)
         except PipelineError as exc:
             logger.info("the fingerprint of %s cannot be worked out here: %s", run.name, exc)
+    try:
+        name, fingerprint = representation_run(config, dataset)
+        expected[name] = fingerprint
+    except (PipelineError, OSError) as exc:
+        logger.info("the representation run's fingerprint cannot be worked out here: %s", exc)
     if config.small.layers:
         source = source_run(config, dataset)
         fingerprint = on_disk[source]["fingerprint"] if source in on_disk else expected.get(source)

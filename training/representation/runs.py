@@ -101,3 +101,14 @@ def representation_fingerprint(
         "kind": "representation",
     }
     return config.fingerprint("split", "student", "loss", "representation", extra=extra)
+
+
+def representation_run(config: TrainConfig, dataset: Dataset) -> tuple[str, str]:
+    """The name and fingerprint of the run ``python -m training represent`` trains under
+    ``config`` (what a stored result of it is matched against once its weights are gone)."""
+    labeled = labeled_pairs(config, dataset)
+    pairs = 0 if labeled is None else len(labeled)
+    return (
+        representation_run_name(config.representation.architecture, pairs),
+        representation_fingerprint(config, dataset, labels_sha256(config), pairs),
+    )

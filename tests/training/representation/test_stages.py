@@ -142,3 +142,16 @@ def test_a_representation_package_is_calibrated_like_a_cross_encoder(with_repres
     assert pairwise_accuracy(keys, grades, scorer.score(queries, titles)) == pairwise_accuracy(
         keys, grades, sigmoid(scorer.logits(queries, titles))
     )
+
+
+def test_a_stored_representation_result_is_current_once_its_weights_are_gone(
+    with_representation,
+) -> None:
+    """On a fresh machine the run's weights are gone; its committed result must still be
+    recognised as the run the config trains (it was reported stale and dropped)."""
+    from training.evaluation.student_results import current_fingerprints
+
+    config, run_dir = with_representation
+    record = read_run(run_dir)
+    expected = current_fingerprints(config, load_dataset(config), {})
+    assert expected[record["name"]] == record["fingerprint"]
