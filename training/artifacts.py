@@ -326,12 +326,9 @@ def run_name(augment_pairs: int) -> str:
     return HUMAN_ONLY if augment_pairs == 0 else f"distill-n{augment_pairs}"
 
 
-def variant_run_name(base: str, seed: int | None = None, term_matching: bool | None = None) -> str:
-    """``base`` trained with another seed (``-seed<N>``) or term matching flipped."""
-    name = base if seed is None else f"{base}-seed{seed}"
-    if term_matching is not None:
-        name += "-terms" if term_matching else "-noterms"
-    return name
+def variant_run_name(base: str, seed: int | None = None) -> str:
+    """``base`` trained with another seed (``-seed<N>``)."""
+    return base if seed is None else f"{base}-seed{seed}"
 
 
 def small_run_name(source: str, layers: Sequence[int]) -> str:
@@ -364,7 +361,7 @@ def student_fingerprint(
     """Identity of a first-round student: split, student and loss config, data, its labels.
 
     The human-only student's (size 0) ignores the loss's teacher knobs, as its training does.
-    ``recipe``: the config whose labels a variant run (another seed, term matching) learns
+    ``recipe``: the config whose labels a variant run (another seed) learns
     from, when ``config`` is the variant's own; the labeler (the LLM, or the ensemble whose
     members include the recipe's human-only student) is the recipe's, not the variant's.
     """

@@ -20,7 +20,14 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from relevance_core.teacher import TeacherConfig
 from training.augment import AugmentConfig
@@ -36,6 +43,21 @@ _NEUTRAL_VALUES: dict[tuple[str, str], Any] = {
     ("student", "layers"): None,
     ("loss", "human_teacher_weight"): 0.0,
     ("loss", "margin_scale"): "per_source",
+}
+
+# Knobs removed, with the one value every run kept in results/ and models/ was made with:
+# a stored config still loads (the key is dropped), another value is refused by name, and
+# the student's identity is hashed as before (the key put back at that value).
+_REMOVED_FIELDS: dict[tuple[str, str], tuple[Any, str]] = {
+    ("student", "term_matching"): (
+        False,
+        "term matching was removed on 2026-12-03: the student trained with it did worse "
+        "on validation (docs/evaluation_history.md)",
+    ),
+    ("curve", "term_matching_ablation"): (
+        False,
+        "the term-matching ablation was run (distill-n106256-terms) and the flag removed",
+    ),
 }
 
 # Knobs of how a run goes, not of what it learns: never part of a stage's identity, so
@@ -127,9 +149,6 @@ class StudentConfig(_Section):
     # directory holding a saved BERT and its tokenizer (tests use a tiny random one).
     backbone: str = "minilm"
     max_length: int = Field(64, gt=8)
-    # Mark item tokens that also occur in the query with token type 2 (off by default:
-    # the serving path does not compute the mark).
-    term_matching: bool = False
     # Encoder layers kept from the backbone, in order (None: all): a smaller student
     # starts from chosen layers of a bigger one, e.g. [1, 3, 5] of a distilled L6 run.
     layers: tuple[int, ...] | None = None
@@ -182,7 +201,7 @@ class LossConfig(_Section):
 
 
 class CurveConfig(_Section):
-    """The students of the ``distill`` stage: augmentation sizes, seeds, term matching.
+    """The students of the ``distill`` stage: augmentation sizes and seeds.
 
     Sizes are multiples of the human training pairs (0, the human-only student, always
     comes first).
@@ -193,9 +212,6 @@ class CurveConfig(_Section):
     # everything else equal, so that the noise between two trainings shows next to the
     # differences between sizes. Run names get "-seed<N>".
     end_seeds: tuple[int, ...] = ()
-    # Also train the largest size with ``student.term_matching`` flipped (run name suffix
-    # "-terms" or "-noterms"), so both settings are evaluated at one schedule.
-    term_matching_ablation: bool = False
 
     @field_validator("augment_multiples")
     @classmethod
@@ -442,6 +458,23 @@ class TrainConfig(_Section):
     mirror: MirrorConfig = MirrorConfig()
     gate: GateConfig = GateConfig()
 
+    @model_validator(mode="before")
+    @classmethod
+    def _drop_removed(cls, data: Any) -> Any:
+        """Configs stored before a knob was removed still load; another value than the one
+        every stored run had is refused, naming why the knob is gone."""
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        for (section, key), (value, why) in _REMOVED_FIELDS.items():
+            values = data.get(section)
+            if not isinstance(values, dict) or key not in values:
+                continue
+            if values[key] != value:
+                raise ValueError(f"{section}.{key}: {why}")
+            data[section] = {k: v for k, v in values.items() if k != key}
+        return data
+
     def path(self, name: str) -> Path:
         """A ``paths`` entry as an absolute path (relative ones hang off the repository root)."""
         value = Path(getattr(self.paths, name))
@@ -465,6 +498,8 @@ class TrainConfig(_Section):
     def fingerprint(self, *sections: str, extra: Any = None) -> str:
         """Short hash of the named sections (all when none) plus ``extra``: a stage's identity."""
         data = self.to_dict()
+        for (section, key), (value, _) in _REMOVED_FIELDS.items():
+            data[section].setdefault(key, value)
         for (section, key), neutral in _NEUTRAL_VALUES.items():
             # A knob added later, left at its old behaviour, keeps the identity of runs
             # made before it.

@@ -83,7 +83,7 @@ def recorded_config(config: TrainConfig, recorded: dict[str, Any]) -> TrainConfi
     """A run's recorded config with this machine's paths (and no extra curve runs)."""
     data = {**recorded, "paths": config.paths.model_dump()}
     # Rebuild one run, not the seeds and ablations a recipe trains around it.
-    data["curve"] = {**data.get("curve", {}), "end_seeds": [], "term_matching_ablation": False}
+    data["curve"] = {**data.get("curve", {}), "end_seeds": []}
     return TrainConfig.model_validate(data)
 
 

@@ -166,12 +166,9 @@ def train_student(
     model, tokenizer = build_student(student)
     loss_fn = HybridDistillationLoss(loss_config.pointwise_weight, loss_config.margin_weight)
     queries, titles = train["query"].tolist(), train["title"].tolist()
-    term_matching = bool(getattr(model.config, "term_matching", False))
 
     def batch_logits(index: np.ndarray) -> torch.Tensor:
-        inputs = encode_batch(
-            tokenizer, [queries[i] for i in index], [titles[i] for i in index], term_matching
-        )
+        inputs = encode_batch(tokenizer, [queries[i] for i in index], [titles[i] for i in index])
         return model(**inputs).logits
 
     no_decay = ("bias", "LayerNorm.weight")

@@ -1,14 +1,17 @@
 """Which students a recipe trains, on what rows, and what their results say together.
 
 - :func:`curve_runs`: the ``distill`` stage's students: one per augmentation size (0 = the
-  human-only baseline), each end of the curve again at every ``curve.end_seeds`` seed,
-  and the largest size with ``student.term_matching`` flipped when
-  ``curve.term_matching_ablation`` is on. Everything but the one changed knob is equal.
+  human-only baseline), and each end of the curve again at every ``curve.end_seeds``
+  seed. Everything but the seed is equal.
 - :func:`distill_frame`: the rows a distilled student fits (human pairs with the teacher's
   scores when the loss uses them, plus teacher-labeled augmentation pairs).
 - :func:`student_run_results`: for the results JSON of the evaluation, each student
-  run's seed, variant and scores, the curve per size and seed, the noise between two
-  seeds, and the term-matching decision taken by :data:`TERM_MATCHING_RULE`.
+  run's seed, variant and scores, the curve per size and seed, and the noise between two
+  seeds.
+
+Term matching (item tokens that occur in the query marked with their own token type) was
+evaluated here as an ablation of the largest student and removed on 2026-12-03: it did
+worse on validation (docs/evaluation_history.md).
 """
 
 from __future__ import annotations
@@ -30,13 +33,6 @@ from training.artifacts import (
     variant_run_name,
 )
 from training.config import TrainConfig
-
-TERM_MATCHING_RULE = (
-    "keep term matching only if the student trained with it beats the same student "
-    "trained without it on validation pairwise accuracy by more than the seed noise (the "
-    "largest difference between two seeds of one student at either end of the curve); "
-    "otherwise remove the flag. Without two seeds the decision waits."
-)
 
 
 @dataclass(frozen=True)
@@ -61,7 +57,7 @@ def curve_runs(
     name: Callable[[int], str] = run_name,
 ) -> list[CurveRun]:
     """The students to train: ``sizes`` (default: 0 and the curve's sizes) at the config's
-    seed; with the default sizes also the seed and term-matching variants.
+    seed; with the default sizes also the seed variants.
 
     ``name(size)`` names a size's run (the variants add their suffix to it).
     """
@@ -87,17 +83,6 @@ def curve_runs(
                     variant_of=name(size),
                 )
             )
-    if config.curve.term_matching_ablation:
-        flipped = not config.student.term_matching
-        size = sizes[-1]
-        runs.append(
-            CurveRun(
-                variant_run_name(name(size), term_matching=flipped),
-                size,
-                at(size, _with_student(config, term_matching=flipped)),
-                variant_of=name(size),
-            )
-        )
     return runs
 
 
@@ -139,7 +124,6 @@ def run_fields(run: CurveRun) -> dict[str, Any]:
     loss = run.config.loss
     return {
         "seed": run.config.student.seed,
-        "term_matching": run.config.student.term_matching,
         "variant_of": run.variant_of,
         "targets": {
             "human_teacher_weight": loss.human_teacher_weight,
@@ -190,9 +174,9 @@ def student_run_results(
     ``records``: finished run records; ``systems``: the evaluation's rows (``to_dict``);
     ``costs``: the small stage's ``cost.json`` by run (ONNX, the served CPU variant).
     Returns ``runs`` (one entry per run with a row), ``curve`` (per augmentation size:
-    each seed's test and validation pairwise accuracy of the plain students, their mean
-    and spread), ``seed_noise`` (the largest spread at any size, validation and test) and
-    ``term_matching`` (both rows, the validation gain, the noise, the rule, the decision).
+    each seed's test and validation pairwise accuracy of the full-size students, their
+    mean and spread) and ``seed_noise`` (the largest spread at any size, validation and
+    test).
     """
     from training.evaluation.report import student_row_name
 
@@ -211,7 +195,6 @@ def student_run_results(
                 "row": row["name"],
                 "augment_pairs": record["augment_pairs"],
                 "seed": record.get("seed", student.get("seed")),
-                "term_matching": bool(student.get("term_matching", False)),
                 "layers": record.get("layers"),
                 "source_run": record.get("source_run"),
                 "variant_of": record.get("variant_of"),
@@ -220,22 +203,11 @@ def student_run_results(
                 "onnx_cost": (costs or {}).get(record["name"]),
             }
         )
-    # The curve: full-size students (no layers dropped) with term matching as the recipe's
-    # base run at that size has it; seeds side by side.
-    base_terms = {
-        r["augment_pairs"]: r["term_matching"]
-        for r in runs
-        if r["variant_of"] is None and r["layers"] is None
-    }
+    # The curve: full-size students (no layers dropped), seeds side by side.
+    sizes = {r["augment_pairs"] for r in runs if r["layers"] is None}
     curve = []
-    for size in sorted(base_terms):
-        members = [
-            r
-            for r in runs
-            if r["augment_pairs"] == size
-            and r["layers"] is None
-            and r["term_matching"] == base_terms[size]
-        ]
+    for size in sorted(sizes):
+        members = [r for r in runs if r["augment_pairs"] == size and r["layers"] is None]
         test = [r["test_pairwise_accuracy"] for r in members]
         validation = [r["validation_pairwise_accuracy"] for r in members]
         curve.append(
@@ -267,37 +239,4 @@ def student_run_results(
         "runs": runs,
         "curve": curve,
         "seed_noise": noise,
-        "term_matching": _term_matching(runs, noise["validation"]),
     }
-
-
-def _term_matching(runs: list[dict[str, Any]], noise: float | None) -> dict[str, Any] | None:
-    """Both rows of the term-matching ablation and the decision :data:`TERM_MATCHING_RULE` takes."""
-    flipped = [r for r in runs if r["variant_of"] and r["layers"] is None]
-    by_name = {r["run"]: r for r in runs}
-    for variant in flipped:
-        base = by_name.get(variant["variant_of"])
-        if base is None or base["term_matching"] == variant["term_matching"]:
-            continue
-        on, off = (variant, base) if variant["term_matching"] else (base, variant)
-        gain = None
-        if on["validation_pairwise_accuracy"] is not None and off["validation_pairwise_accuracy"]:
-            gain = on["validation_pairwise_accuracy"] - off["validation_pairwise_accuracy"]
-        if gain is None or noise is None:
-            decision = "undecided"
-        else:
-            decision = "keep" if gain > noise else "remove"
-        return {
-            "on": on["run"],
-            "off": off["run"],
-            "validation_gain": gain,
-            "test_gain": (
-                None
-                if on["test_pairwise_accuracy"] is None or off["test_pairwise_accuracy"] is None
-                else on["test_pairwise_accuracy"] - off["test_pairwise_accuracy"]
-            ),
-            "seed_noise_validation": noise,
-            "rule": TERM_MATCHING_RULE,
-            "decision": decision,
-        }
-    return None

@@ -124,7 +124,6 @@ def stage_small(config: TrainConfig, force: bool = False) -> list[Path]:
             update={
                 "backbone": str(source_dir),
                 "layers": tuple(layers),
-                "term_matching": bool(source_student.get("term_matching", False)),
             }
         )
         derived = base.model_copy(update={"student": student})

@@ -10,7 +10,7 @@ skips itself when that output exists and was made from the same inputs:
   against, then for the augmentation set up to the largest curve size, appended to
   ``labels/<teacher_id>/...csv`` (resumes where it stopped).
 - ``distill``: one student per augmentation size (0 = human labels only) under
-  ``runs/students/<name>/``, plus the curve's seed and term-matching variants.
+  ``runs/students/<name>/``, plus the curve's seed variants.
 - ``small``: students of a few of the distilled L6 student's own layers, distilled again,
   exported and timed next to it (:mod:`training.small`).
 - ``committee``: optional second round: the averaged scores of chosen first-round
@@ -288,7 +288,7 @@ def stage_distill(
 ) -> list[Path]:
     """Train one student per augmentation size (0 = human only); finished runs are kept.
 
-    Without ``sizes``: the whole curve with its seed and term-matching variants
+    Without ``sizes``: the whole curve with its seed variants
     (:func:`training.recipe.curve_runs`); ``runs`` keeps only the curve's runs of those
     names, in that order (two processes can then share the curve's work).
     """

@@ -7,13 +7,6 @@ with a new classifier head; tests pass a directory holding a tiny random BERT in
 
 Pairs are tokenized only by :func:`service.features.encode_pairs`, so training,
 export parity and serving see the same ids, truncation and padding.
-
-Term matching (off by default): item tokens whose id also occurs in the query get token
-type 2 instead of 1, and the token-type embedding table grows to three rows (the new row
-starts as a copy of the item row, so the model starts unchanged). The graph keeps the three
-standard inputs and exports as usual, but whoever feeds it must apply
-:func:`mark_term_matches` too; the serving path does not, so such a student is not
-exported.
 """
 
 from __future__ import annotations
@@ -38,7 +31,6 @@ if TYPE_CHECKING:
     from training.config import StudentConfig
 
 MINILM = "minilm"
-TERM_MATCH_TYPE_ID = 2
 
 
 class StudentError(RuntimeError):
@@ -78,8 +70,6 @@ def build_student(config: StudentConfig) -> tuple[BertForSequenceClassification,
         hf_logging.set_verbosity(previous)
     if config.layers is not None:
         keep_encoder_layers(model, config.layers)
-    if config.term_matching:
-        enable_term_matching(model)
     return model, load_tokenizer(source / "tokenizer.json", config.max_length)
 
 
@@ -94,58 +84,14 @@ def keep_encoder_layers(model: BertForSequenceClassification, layers: Sequence[i
     model.config.num_hidden_layers = len(layers)
 
 
-def enable_term_matching(model: BertForSequenceClassification) -> None:
-    """Grow the token-type table to three rows; row 2 (matched item token) copies row 1."""
-    old = model.bert.embeddings.token_type_embeddings
-    if old.num_embeddings > TERM_MATCH_TYPE_ID:
-        return
-    new = torch.nn.Embedding(TERM_MATCH_TYPE_ID + 1, old.embedding_dim)
-    with torch.no_grad():
-        new.weight[: old.num_embeddings] = old.weight
-        new.weight[TERM_MATCH_TYPE_ID] = old.weight[1]
-    model.bert.embeddings.token_type_embeddings = new
-    model.config.type_vocab_size = TERM_MATCH_TYPE_ID + 1
-    model.config.term_matching = True
-
-
-def special_token_ids(tokenizer: Tokenizer) -> np.ndarray:
-    ids = [tokenizer.token_to_id(t) for t in ("[CLS]", "[SEP]", "[PAD]", "[UNK]")]
-    return np.asarray([i for i in ids if i is not None], dtype=np.int64)
-
-
-def mark_term_matches(
-    batch: dict[str, np.ndarray], special_ids: np.ndarray
-) -> dict[str, np.ndarray]:
-    """Set token type 2 on item tokens whose id also occurs among the query's tokens.
-
-    ``batch`` is the output of ``encode_pairs``; returns a new dict (input not modified).
-    Special tokens never match.
-    """
-    ids, types, mask = batch["input_ids"], batch["token_type_ids"], batch["attention_mask"]
-    marked = types.copy()
-    ordinary = (mask == 1) & ~np.isin(ids, special_ids)
-    for row in range(ids.shape[0]):
-        query_ids = ids[row][ordinary[row] & (types[row] == 0)]
-        item = ordinary[row] & (types[row] == 1)
-        marked[row][item & np.isin(ids[row], query_ids)] = TERM_MATCH_TYPE_ID
-    return {**batch, "token_type_ids": marked}
-
-
 def encode_batch(
-    tokenizer: Tokenizer,
-    queries: Sequence[str],
-    texts: Sequence[str],
-    term_matching: bool = False,
+    tokenizer: Tokenizer, queries: Sequence[str], texts: Sequence[str]
 ) -> dict[str, torch.Tensor]:
-    """Model inputs for pairs: ``encode_pairs`` (plus term marks when enabled) as tensors."""
-    return _tensors(encode_pairs(tokenizer, queries, texts), tokenizer, term_matching)
+    """Model inputs for pairs: ``encode_pairs`` as tensors."""
+    return _tensors(encode_pairs(tokenizer, queries, texts))
 
 
-def _tensors(
-    batch: dict[str, np.ndarray], tokenizer: Tokenizer, term_matching: bool
-) -> dict[str, torch.Tensor]:
-    if term_matching:
-        batch = mark_term_matches(batch, special_token_ids(tokenizer))
+def _tensors(batch: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
     return {name: torch.from_numpy(array) for name, array in batch.items()}
 
 
@@ -159,10 +105,9 @@ def predict_logits(
     """Student logits for pairs, in input order; batches sorted by length to cut padding."""
     if len(queries) != len(texts):
         raise ValueError(f"got {len(queries)} queries for {len(texts)} texts")
-    term_matching = bool(getattr(model.config, "term_matching", False))
 
     def run(batch: dict[str, np.ndarray]) -> np.ndarray:
-        return model(**_tensors(batch, tokenizer, term_matching)).logits[:, 0].float().numpy()
+        return model(**_tensors(batch)).logits[:, 0].float().numpy()
 
     was_training = model.training
     model.eval()

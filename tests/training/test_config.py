@@ -109,7 +109,7 @@ def test_full_teacher_recipe_distils_on_the_teachers_scale() -> None:
     config = load_config(REPO_ROOT / "training/configs/cpu-full-teacher.toml", environ={})
     assert config.loss.human_teacher_weight == 1.0 and config.loss.margin_scale == "teacher"
     assert "train" in config.label.splits and not config.label.eval_queries
-    assert config.curve.end_seeds and config.curve.term_matching_ablation
+    assert config.curve.end_seeds
     assert config.small.layers and all(len(layers) <= 3 for layers in config.small.layers)
     # The committed default package's recipe keeps the old targets.
     session = load_config(REPO_ROOT / "training/configs/cpu-session.toml", environ={})
@@ -131,3 +131,27 @@ def test_how_a_student_run_goes_is_not_its_identity() -> None:
     # What it learns from still is.
     changed = load_config(overrides={"student": {"learning_rate": 3e-5}}, environ={})
     assert changed.fingerprint("student") != base.fingerprint("student")
+
+
+def test_a_removed_knob_still_loads_at_its_old_value_and_keeps_identities() -> None:
+    """Term matching was removed: stored configs (results/, default-choice.json) hold
+    ``student.term_matching: false`` and must load and hash as before; true is refused."""
+    config = load_config(environ={})
+    stored = config.to_dict()
+    stored["student"]["term_matching"] = False
+    stored["curve"]["term_matching_ablation"] = False
+    assert TrainConfig.model_validate(stored) == config
+    # The identity of every run trained before the removal had the knob at False.
+    import hashlib
+
+    data = config.to_dict()
+    data["student"]["term_matching"] = False
+    for key in ("checkpoint_minutes", "precision", "threads"):
+        data["student"].pop(key)
+    if data["student"].get("layers") is None:
+        data["student"].pop("layers")
+    blob = json.dumps([{"student": data["student"]}, None], sort_keys=True, default=str)
+    assert config.fingerprint("student") == hashlib.sha256(blob.encode()).hexdigest()[:12]
+    stored["student"]["term_matching"] = True
+    with pytest.raises(ValidationError, match="term matching was removed"):
+        TrainConfig.model_validate(stored)

@@ -8,12 +8,10 @@ import pytest
 
 from training.artifacts import PipelineError, curve_sizes, student_fingerprint
 from training.evaluation.report import student_row_name
-from training.recipe import TERM_MATCHING_RULE, curve_runs, select_runs, student_run_results
+from training.recipe import curve_runs, select_runs, student_run_results
 
 
-def test_curve_runs_add_seeds_at_both_ends_and_the_term_matching_flip(
-    tiny_pipeline, tmp_path: Path
-) -> None:
+def test_curve_runs_add_seeds_at_both_ends(tiny_pipeline, tmp_path: Path) -> None:
     dataset = tiny_pipeline.dataset
     config = tiny_pipeline.config.model_copy(
         update={
@@ -21,7 +19,6 @@ def test_curve_runs_add_seeds_at_both_ends_and_the_term_matching_flip(
                 update={
                     "augment_multiples": (0.25, 0.5),
                     "end_seeds": (13, 7),  # 13 is the config's own seed: no extra run
-                    "term_matching_ablation": True,
                 }
             ),
             "loss": tiny_pipeline.config.loss.model_copy(
@@ -37,19 +34,15 @@ def test_curve_runs_add_seeds_at_both_ends_and_the_term_matching_flip(
         f"distill-n{large}",
         "human-only-seed7",
         f"distill-n{large}-seed7",
-        f"distill-n{large}-terms",
     ]
     by_name = {r.name: r for r in runs}
-    assert [r.config.student.seed for r in runs] == [13, 13, 13, 7, 7, 13]
+    assert [r.config.student.seed for r in runs] == [13, 13, 13, 7, 7]
     seeded = by_name[f"distill-n{large}-seed7"]
     assert seeded.variant_of == f"distill-n{large}" and seeded.augment_pairs == large
     # The seed is the only difference, so the two trainings are comparable.
     base = by_name[f"distill-n{large}"].config
     assert seeded.config.student.model_copy(update={"seed": 13}) == base.student
     assert seeded.config.loss == base.loss
-    terms = by_name[f"distill-n{large}-terms"].config
-    assert terms.student.term_matching and not base.student.term_matching
-    assert terms.student.model_copy(update={"term_matching": False}) == base.student
     # The human-only baseline learns from the grades alone, at every seed.
     for name in ("human-only", "human-only-seed7"):
         loss = by_name[name].config.loss
@@ -78,18 +71,14 @@ def test_curve_runs_add_seeds_at_both_ends_and_the_term_matching_flip(
 
 
 def test_variant_runs_learn_from_the_recipes_labeler(tiny_pipeline, monkeypatch) -> None:
-    """The ensemble's id holds the recipe's human-only student: a seed or term-matching
-    variant must find the recipe's labeler, not one keyed by its own seed."""
+    """The ensemble's id holds the recipe's human-only student: a seed variant must find
+    the recipe's labeler, not one keyed by its own seed."""
     import training.artifacts as artifacts
     from training.stages import distill_fingerprint
 
     dataset = tiny_pipeline.dataset
     config = tiny_pipeline.config.model_copy(
-        update={
-            "curve": tiny_pipeline.config.curve.model_copy(
-                update={"end_seeds": (7,), "term_matching_ablation": True}
-            )
-        }
+        update={"curve": tiny_pipeline.config.curve.model_copy(update={"end_seeds": (7,)})}
     )
     real_source = artifacts.augmentation_label_source
 
@@ -102,7 +91,7 @@ def test_variant_runs_learn_from_the_recipes_labeler(tiny_pipeline, monkeypatch)
     monkeypatch.setattr(artifacts, "augmentation_label_source", recipe_only)
     runs = {r.name: r for r in curve_runs(config, dataset) if r.augment_pairs}
     variants = [r for r in runs.values() if r.variant_of]
-    assert {r.name.rsplit("-", 1)[-1] for r in variants} == {"seed7", "terms"}
+    assert {r.name.rsplit("-", 1)[-1] for r in variants} == {"seed7"}
     prints = {name: distill_fingerprint(run, dataset, None, config) for name, run in runs.items()}
     assert len(set(prints.values())) == len(prints)  # each variant is still its own run
     with pytest.raises(PipelineError, match="seed 7"):
@@ -115,7 +104,7 @@ def _record(name: str, size: int, seed: int, validation: float, **extra) -> dict
         "augment_pairs": size,
         "seed": seed,
         "validation_pairwise_accuracy": validation,
-        "config": {"student": {"seed": seed, "term_matching": extra.pop("terms", False)}},
+        "config": {"student": {"seed": seed}},
         **extra,
     }
 
@@ -128,16 +117,13 @@ def _row(run: str, test: float) -> dict:
     }
 
 
-def _results(term_validation: float) -> dict:
+def _results() -> dict:
     records = [
         _record("human-only", 0, 13, 0.600),
         _record("human-only-seed14", 0, 14, 0.604, variant_of="human-only"),
         _record("distill-n50", 50, 13, 0.620),
         _record("distill-n100", 100, 13, 0.630),
         _record("distill-n100-seed14", 100, 14, 0.627, variant_of="distill-n100"),
-        _record(
-            "distill-n100-terms", 100, 13, term_validation, variant_of="distill-n100", terms=True
-        ),
         _record("distill-n100-l1.3.5", 100, 13, 0.61, layers=[1, 3, 5], source_run="distill-n100"),
     ]
     tests = {
@@ -146,7 +132,6 @@ def _results(term_validation: float) -> dict:
         "distill-n50": 0.61,
         "distill-n100": 0.625,
         "distill-n100-seed14": 0.62,
-        "distill-n100-terms": 0.63,
         "distill-n100-l1.3.5": 0.60,
     }
     systems = [_row(run, test) for run, test in tests.items()]
@@ -156,7 +141,7 @@ def _results(term_validation: float) -> dict:
 
 
 def test_results_show_each_seed_of_both_ends_and_their_spread() -> None:
-    results = _results(term_validation=0.640)
+    results = _results()
     curve = {c["augment_pairs"]: c for c in results["curve"]}
     assert sorted(curve) == [0, 50, 100]
     ends = curve[0], curve[100]
@@ -166,37 +151,13 @@ def test_results_show_each_seed_of_both_ends_and_their_spread() -> None:
     assert curve[0]["validation_spread"] == pytest.approx(0.004)
     assert curve[100]["validation_spread"] == pytest.approx(0.003)
     assert curve[50]["validation_spread"] is None and len(curve[50]["seeds"]) == 1
-    # The flipped and the smaller students are rows of their own, not seeds of the curve.
+    # The smaller students are rows of their own, not seeds of the curve.
     assert [s["run"] for s in curve[100]["seeds"]] == ["distill-n100", "distill-n100-seed14"]
     assert results["seed_noise"]["validation"] == pytest.approx(0.004)
     assert results["seed_noise"]["test"] == pytest.approx(0.005)
     small = {r["run"]: r for r in results["runs"]}["distill-n100-l1.3.5"]
     assert small["layers"] == [1, 3, 5] and small["onnx_cost"]["speedup"] == 2.1
     assert small["source_run"] == "distill-n100"
-
-
-@pytest.mark.parametrize(
-    ("term_validation", "decision"),
-    [(0.640, "keep"), (0.633, "remove"), (0.620, "remove")],
-)
-def test_term_matching_is_kept_only_above_the_seed_noise(
-    term_validation: float, decision: str
-) -> None:
-    verdict = _results(term_validation)["term_matching"]
-    assert verdict["on"] == "distill-n100-terms" and verdict["off"] == "distill-n100"
-    assert verdict["validation_gain"] == pytest.approx(term_validation - 0.630)
-    assert verdict["seed_noise_validation"] == pytest.approx(0.004)
-    assert verdict["decision"] == decision and verdict["rule"] == TERM_MATCHING_RULE
-
-
-def test_term_matching_waits_without_a_second_seed() -> None:
-    records = [
-        _record("distill-n100", 100, 13, 0.630),
-        _record("distill-n100-terms", 100, 13, 0.640, variant_of="distill-n100", terms=True),
-    ]
-    systems = [_row("distill-n100", 0.62), _row("distill-n100-terms", 0.63)]
-    verdict = student_run_results(records, systems)["term_matching"]
-    assert verdict["decision"] == "undecided" and verdict["test_gain"] == pytest.approx(0.01)
 
 
 def test_the_evaluation_results_carry_the_student_runs(tiny_pipeline) -> None:
@@ -210,4 +171,4 @@ def test_the_evaluation_results_carry_the_student_runs(tiny_pipeline) -> None:
         assert seed["seed"] == tiny_pipeline.config.student.seed
         row = rows[student_row_name(seed["run"])]
         assert seed["test_pairwise_accuracy"] == row["metrics"]["pairwise_accuracy"]
-    assert runs["term_matching"] is None
+    assert "term_matching" not in runs

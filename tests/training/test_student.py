@@ -8,18 +8,15 @@ import numpy as np
 import pytest
 import torch
 
-from service.features import encode_pairs, load_tokenizer
+from service.features import load_tokenizer
 from training.config import StudentConfig
 from training.student import (
-    TERM_MATCH_TYPE_ID,
     StudentError,
     build_student,
     load_student,
-    mark_term_matches,
     predict_scores,
     query_grouped_batches,
     save_student,
-    special_token_ids,
 )
 
 
@@ -43,37 +40,6 @@ def test_query_grouped_batches_cover_each_row_once_and_keep_queries_together() -
 def test_query_grouped_batches_reject_bad_sizes() -> None:
     with pytest.raises(ValueError):
         query_grouped_batches(np.zeros(3, dtype=int), 2, 4, np.random.default_rng(0))
-
-
-def test_mark_term_matches(tiny_student_dir: Path) -> None:
-    tokenizer = load_tokenizer(tiny_student_dir / "tokenizer.json", 64)
-    batch = encode_pairs(
-        tokenizer, ["angle bracket", "drill"], ["Simpson angle bracket", "Deck box"]
-    )
-    marked = mark_term_matches(batch, special_token_ids(tokenizer))
-    assert np.array_equal(batch["input_ids"], marked["input_ids"])
-    row = marked["token_type_ids"][0]
-    words = [tokenizer.id_to_token(i) for i in batch["input_ids"][0]]
-    matched = {words[i] for i in np.flatnonzero(row == TERM_MATCH_TYPE_ID)}
-    assert matched == {"angle", "bracket"}
-    assert not (marked["token_type_ids"][1] == TERM_MATCH_TYPE_ID).any()
-    assert not (batch["token_type_ids"] == TERM_MATCH_TYPE_ID).any()  # input untouched
-
-
-def test_term_matching_student_starts_as_the_plain_one(
-    tiny_student_dir: Path, tmp_path: Path
-) -> None:
-    plain, tokenizer = build_student(StudentConfig(backbone=str(tiny_student_dir)))
-    marked, _ = build_student(StudentConfig(backbone=str(tiny_student_dir), term_matching=True))
-    queries, titles = ["angle bracket", "hose"], ["Simpson angle bracket", "Garden hose"]
-    # Row 2 copies row 1, so the marks change nothing before training.
-    assert np.allclose(
-        predict_scores(plain, tokenizer, queries, titles),
-        predict_scores(marked, tokenizer, queries, titles),
-    )
-    save_student(marked, str(tiny_student_dir), tmp_path / "marked", 64)
-    loaded, _ = load_student(tmp_path / "marked", 64)
-    assert loaded.config.term_matching and loaded.config.type_vocab_size == 3
 
 
 @pytest.mark.slow

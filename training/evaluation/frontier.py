@@ -100,8 +100,8 @@ def frontier_records(config: TrainConfig, dataset: Dataset) -> list[dict[str, An
     :func:`~training.evaluation.student_results.evaluated_runs`).
 
     Left out: representation students (another cost model), committee students (their
-    labels are the old students' own) and runs with term matching (the serving path does
-    not compute it, so they have no served variant to time).
+    labels are the old students' own) and runs recorded with term matching (removed; the
+    serving path never computed its marks, so they have no served variant to time).
     """
     records = [
         r

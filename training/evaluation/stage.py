@@ -90,7 +90,7 @@ def stage_evaluate(
         "cascade": stored_cascade(config),
         "config": config.to_dict(),
     }
-    # Per run, size and seed (the curve's two seeds, the term-matching pair, the smaller
+    # Per run, size and seed (the curve's two seeds, the smaller
     # students' sources and measured ONNX costs): training.recipe.student_run_results.
     results["student_runs"] = recipe_results(config, dataset, results["systems"])
     results["findings"] = findings(results)

@@ -131,8 +131,8 @@ def choose_student(config: TrainConfig, name: str | None = None) -> str:
     if name != "auto":
         return name
     # A representation student is exported only by name: the default package is the
-    # cross-encoder the service loads. A term-matching student needs marks the serving
-    # path does not compute, so it is never chosen either.
+    # cross-encoder the service loads. A run recorded with term matching (removed) needs
+    # marks the serving path never computed, so it is never chosen either.
     records = [
         r
         for r in finished_runs(config)
@@ -189,9 +189,11 @@ def export_student(
     if record is None:
         raise PipelineError(f"student {run_dir} is not trained; run `python -m training distill`")
     if record["config"]["student"].get("term_matching"):
+        # Runs recorded before the flag was removed (2026-12-03): their graph needs inputs
+        # the serving path never computed.
         raise PipelineError(
-            f"{name} was trained with term matching, which the serving path does not compute; "
-            "export a student trained without it"
+            f"{name} was trained with term matching (removed), which the serving path does "
+            "not compute; export a student trained without it"
         )
     try:
         current = load_package(package_dir).manifest.provenance.get("student", {})
