@@ -146,11 +146,7 @@ class PairScorer:
 
     def score(self, queries: Sequence[str], items: Sequence[str]) -> np.ndarray:
         """Scores of pairs, each distinct query and item encoded once."""
-        if len(queries) != len(items):
-            raise ValueError(f"got {len(queries)} queries for {len(items)} items")
-        return self.score_encoded(
-            queries, items, self.encode_queries(queries), self.encode_items(items)
-        )
+        return activate("sigmoid", self.logits(queries, items), self.calibration, np.float64)
 
 
 def pair_similarities(
