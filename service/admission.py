@@ -176,6 +176,7 @@ class Admission:
         self.lateness = 1.0  # answered / forecast latency of recent queued requests
         self.tail = 1.0  # share of each request's budget admission admits against
         self._overruns: collections.deque[tuple[float, float]] = collections.deque(maxlen=512)
+        self._overrun_quantile: float | None = None  # of the window; None once it changes
 
     @property
     def reserved_pairs(self) -> int:
@@ -299,6 +300,7 @@ class Admission:
             return
         now = self._clock()
         self._overruns.append((now, (now - ticket.arrived) / raw_s))
+        self._overrun_quantile = None
         self._expire_overruns(now)
 
     def _expire_overruns(self, now: float | None = None) -> None:
@@ -306,6 +308,7 @@ class Admission:
         now = self._clock() if now is None else now
         while self._overruns and self._overruns[0][0] < now - TAIL_WINDOW_S:
             self._overruns.popleft()
+            self._overrun_quantile = None
         tail = 1.0
         recent = 0
         for t, _ in reversed(self._overruns):
@@ -313,8 +316,7 @@ class Admission:
                 break
             recent += 1
         if recent >= TAIL_MIN_SAMPLES:
-            ratios = sorted(r for _, r in self._overruns)
-            overrun = ratios[min(len(ratios) - 1, int(self.config.tail_quantile * len(ratios)))]
+            overrun = self._window_quantile()
             # Overruns are kept against the cost model's own forecast; the mean part of
             # them is what lateness already corrects (now, not when they were admitted).
             tail = max(TAIL_FLOOR, 1.0 / max(1.0, overrun / self.lateness))
@@ -322,6 +324,15 @@ class Admission:
             self.tail = tail
             if self._metrics is not None:
                 self._metrics.admission_tail.set(tail)
+
+    def _window_quantile(self) -> float:
+        """The tail quantile of the overrun window, sorted once per change of the window
+        (every request and early check reads it; it changes once per answer)."""
+        if self._overrun_quantile is None:
+            ratios = sorted(r for _, r in self._overruns)
+            index = min(len(ratios) - 1, int(self.config.tail_quantile * len(ratios)))
+            self._overrun_quantile = ratios[index]
+        return self._overrun_quantile
 
     async def wait_idle(self, timeout_s: float) -> bool:
         """Wait until every admitted request has been answered; False on timeout."""

@@ -401,6 +401,35 @@ def test_overruns_of_requests_admitted_near_their_edge_shrink_what_admission_adm
     assert admission.tail == pytest.approx(1.0)
 
 
+def test_the_guard_follows_the_window_as_overruns_arrive_and_expire() -> None:
+    """The window's quantile is kept between changes (it is read on every request); each
+    new answer and each expiry must still move it."""
+    from service.admission import TAIL_MIN_SAMPLES, TAIL_WINDOW_S
+
+    clock = Clock()
+    admission = _tail_admission(clock)
+    for _ in range(TAIL_MIN_SAMPLES):
+        _overrun(admission, clock, 1.25)
+    admission.lateness = 1.0
+    admission.saturated()
+    assert admission.tail == pytest.approx(1 / 1.25)
+    clock.now += TAIL_WINDOW_S / 2
+    # Worse answers, as many again: the 90th percentile of the window is now theirs.
+    for _ in range(TAIL_MIN_SAMPLES):
+        _overrun(admission, clock, 1.6)
+    admission.lateness = 1.0
+    admission.saturated()
+    assert admission.tail == pytest.approx(1 / 1.6)
+    assert admission.load()["tail_samples"] == 2 * TAIL_MIN_SAMPLES
+    # The first answers expire, then the worse ones with them: the full budget again.
+    clock.now += TAIL_WINDOW_S / 2 + 0.1
+    admission.saturated()
+    assert admission.load()["tail_samples"] == TAIL_MIN_SAMPLES
+    clock.now += TAIL_WINDOW_S
+    admission.saturated()
+    assert admission.tail == 1.0 and admission.load()["tail_samples"] == 0
+
+
 def test_the_guard_refuses_what_would_fit_the_full_budget() -> None:
     from service.admission import TAIL_MIN_SAMPLES, TAIL_WINDOW_S
 
