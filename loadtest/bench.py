@@ -334,14 +334,19 @@ def measure_ceiling(
     threads: int,
     pairs: Sequence[tuple[str, str]],
     plan: Plan,
+    side_by_side: int = 0,
 ) -> dict[str, Any]:
     """Raw session throughput per batch size on pre-tokenized batches; best one wins.
 
     Loads the graph the service would load (same package, provider and variant choice).
     Pairs are batched in request order and, as a second try, sorted by token length (the
     least padding any batcher could reach); each batch is padded to its longest pair and
-    only ``session.run`` is timed. The ceiling is the best of every try.
+    only ``session.run`` is timed. ``side_by_side`` > 1 also tries that many sessions of
+    one thread each running the batches at once (the service's ``model_instances``). The
+    ceiling is the best of every try.
     """
+    from concurrent.futures import ThreadPoolExecutor
+
     import numpy as np
 
     from service.features import encode_pairs, load_tokenizer
@@ -356,46 +361,70 @@ def measure_ceiling(
     orders = {"": list(pairs), " sorted": [pairs[i] for i in np.argsort(lengths, kind="stable")]}
     by_size: dict[str, float] = {}
     variant_used = provider_used = ""
-    # ORT's default lets idle threads spin (fastest alone); the service turns it off. The
-    # ceiling is the better of the two.
-    for spinning in (True, False):
-        scorer = OnnxScorer.load(
+
+    def load(threads: int, spinning: bool) -> Any:
+        return OnnxScorer.load(
             package,
             provider,  # type: ignore[arg-type]
             variant,  # type: ignore[arg-type]
             intra_op_threads=threads,
             spinning=spinning,
         )
+
+    def timed(sessions: list[Any], suffix: str) -> None:
+        """Every batch size and order on ``sessions``, each taking every n-th batch."""
+        with ThreadPoolExecutor(len(sessions)) as pool:
+            for size in plan.batch_sizes:
+                for order, ordered in orders.items():
+                    batches = [
+                        encode_pairs(tokenizer, [q for q, _ in chunk], [t for _, t in chunk])
+                        for chunk in (ordered[i : i + size] for i in range(0, len(ordered), size))
+                    ]
+                    for session in sessions:
+                        session.run(batches[0])  # warm-up for this shape
+                    shares = [batches[k :: len(sessions)] for k in range(len(sessions))]
+                    done = 0
+                    t0 = time.monotonic()
+                    # At least one pass over all pairs, more while the budget lasts.
+                    while True:
+                        done += sum(pool.map(_run_all, sessions, shares))
+                        if time.monotonic() - t0 >= plan.offline_budget_s / (2 * len(orders)):
+                            break
+                    by_size[f"{size}{order}{suffix}"] = round(done / (time.monotonic() - t0), 1)
+
+    # ORT's default lets idle threads spin (fastest alone); the service may turn it off.
+    # The ceiling is the better of the two.
+    for spinning in (True, False):
+        scorer = load(threads, spinning)
         variant_used, provider_used = scorer.variant, scorer.provider
-        for size in plan.batch_sizes:
-            for order, ordered in orders.items():
-                batches = [
-                    encode_pairs(tokenizer, [q for q, _ in chunk], [t for _, t in chunk])
-                    for chunk in (ordered[i : i + size] for i in range(0, len(ordered), size))
-                ]
-                scorer.run(batches[0])  # warm-up for this shape
-                done = 0
-                t0 = time.monotonic()
-                # At least one pass over all pairs, more while the budget lasts.
-                while True:
-                    for batch in batches:
-                        scorer.run(batch)
-                        done += len(batch["input_ids"])
-                    if time.monotonic() - t0 >= plan.offline_budget_s / (2 * len(orders)):
-                        break
-                key = f"{size}{order}{'' if spinning else ' no-spin'}"
-                by_size[key] = round(done / (time.monotonic() - t0), 1)
+        timed([scorer], "" if spinning else " no-spin")
         scorer.close()
+    if side_by_side > 1 and provider_used == "CPUExecutionProvider":
+        group = [load(1, False) for _ in range(side_by_side)]
+        timed(group, f" x{side_by_side}")
+        for session in group:
+            session.close()
     best = max(by_size, key=by_size.__getitem__)
+    instances = side_by_side if best.endswith(f" x{side_by_side}") else 1
     return {
         "pairs_per_s": by_size[best],
         "batch_size": int(best.split()[0]),
-        "spinning": not best.endswith("no-spin"),
+        "spinning": not best.endswith("no-spin") and instances == 1,
         "length_sorted": " sorted" in best,
+        "instances": instances,
         "by_batch_size": by_size,
         "variant": variant_used,
         "provider": provider_used,
     }
+
+
+def _run_all(session: Any, batches: Sequence[dict[str, Any]]) -> int:
+    """Run ``batches`` on ``session``; the pairs they held."""
+    pairs = 0
+    for batch in batches:
+        session.run(batch)
+        pairs += len(batch["input_ids"])
+    return pairs
 
 
 def infinity_python(setup: bool) -> tuple[Path | None, str | None]:

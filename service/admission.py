@@ -386,6 +386,11 @@ class Admission:
         if isinstance(self.forecast, CostModel):
             self.forecast.batch_pairs = max(1, batch_pairs)
 
+    def set_instances(self, instances: int) -> None:
+        """Sessions running batches side by side (the cost model counts throughput)."""
+        if isinstance(self.forecast, CostModel):
+            self.forecast.instances = max(1, instances)
+
     def fit(self, runs: Iterable[TimedRun]) -> None:
         """Warm-up's timed runs of the real session."""
         self.forecast.fit(runs)

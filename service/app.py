@@ -102,6 +102,7 @@ def ladder_config(settings: Settings) -> LadderConfig | None:
         fixed_batch_size=settings.max_batch_size,
         fixed_threads=settings.intra_op_threads,
         fixed_spinning=settings.intra_op_spinning,
+        fixed_instances=settings.model_instances,
         threads=settings.intra_op_threads or 0,
         spinning=bool(settings.intra_op_spinning),
     )
@@ -139,6 +140,7 @@ def load_engine(settings: Settings, metrics: Metrics) -> ScoringEngine:
         **engine_options(settings),
         ladder=ladder_config(settings),
         cache_bytes=int(settings.score_cache_mb * 1024 * 1024),
+        model_instances=settings.model_instances or 1,
     )
 
 
@@ -188,6 +190,7 @@ def package_loader(
                 max_batch_size=tuning.max_batch_size,
                 intra_op_threads=tuning.intra_op_threads,
                 intra_op_spinning=tuning.intra_op_spinning,
+                model_instances=tuning.model_instances,
             )
         engine = factory(settings.model_copy(update=overrides), metrics)
         return engine, engine.package.manifest.version

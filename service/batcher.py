@@ -7,6 +7,9 @@
    pairs and ``max_batch_tokens`` padded tokens. It runs a batch as soon as one is full;
    a partial batch runs once its oldest pair has waited ``max_wait_ms`` *and* the model
    is idle (while the model is busy, waiting longer costs nothing and fills the batch).
+   The model may run ``model_instances`` batches at once (sessions side by side, one
+   worker each): it is idle while one of them is free, and a partial batch is shared out
+   between the free ones (a lone request runs as halves on two sessions).
    The queue is in earliest-deadline-first order: pairs are kept sorted by their
    request's *due* instant (admission's SLO budget, or the request's own deadline if
    sooner; then arrival), so the request due first is served first. Packing is
@@ -20,7 +23,8 @@
    that arrived before ``D``, however many tighter requests keep arriving after.
 3. The batch is padded (``collate``) on a preparation thread while the previous batch
    is still in the model, then handed over through a one-slot queue to the inference
-   worker (:mod:`service.worker`), which ``take``\\ s it and ``release``\\ s the model.
+   workers (:mod:`service.worker`); the one that ``take``\\ s it ``release``\\ s its
+   instance when the batch is done.
 """
 
 from __future__ import annotations
@@ -51,9 +55,11 @@ class BatcherConfig:
 
     max_batch_size: int = 64
     max_batch_tokens: int = 16384
-    max_wait_ms: float = 2.0
+    max_wait_ms: float = 0.0
     # Packing looks at this many batches' worth of the oldest pairs.
     window_batches: int = 4
+    # Batches the model runs at once (one worker and session each).
+    model_instances: int = 1
 
 
 @dataclass(frozen=True)
@@ -118,7 +124,7 @@ class MicroBatcher:
         self._pending_pairs = 0
         self._wakeup = asyncio.Event()
         self._ready: asyncio.Queue[Batch | None] = asyncio.Queue(maxsize=1)
-        self._model_busy = False
+        self._busy = 0  # batches taken by workers and not yet released
         self._closing = False
         self._task: asyncio.Task[None] | None = None
         self._prepare_pool: ThreadPoolExecutor | None = None
@@ -171,6 +177,11 @@ class MicroBatcher:
     def batch_waiting(self) -> bool:
         """Whether a packed batch waits for the model (the model is the bottleneck now)."""
         return not self._ready.empty()
+
+    @property
+    def busy_instances(self) -> int:
+        """Batches in the model right now."""
+        return self._busy
 
     # ------------------------------------------------------------------ requests
     async def score(
@@ -242,18 +253,20 @@ class MicroBatcher:
     async def take(self) -> Batch | None:
         """The next packed batch for the model; ``None`` once the queue is finished.
 
-        From here until :meth:`release` the model counts as busy, so partial batches wait
-        for company instead of queueing behind it.
+        From here until :meth:`release` one instance of the model counts as busy; with all
+        of them busy, partial batches wait for company instead of queueing behind them.
         """
         batch = await self._ready.get()
-        if batch is not None:
-            self._model_busy = True
-            self._wakeup.set()  # the slot is free: the next batch can be prepared meanwhile
+        if batch is None:
+            self._ready.put_nowait(None)  # left for the other workers: the queue is finished
+            return None
+        self._busy += 1
+        self._wakeup.set()  # the slot is free: the next batch can be prepared meanwhile
         return batch
 
     def release(self) -> None:
-        """The model finished a batch taken with :meth:`take`."""
-        self._model_busy = False
+        """A worker finished a batch taken with :meth:`take`."""
+        self._busy = max(0, self._busy - 1)
         self._wakeup.set()
 
     def trim(self, batch: Batch) -> Batch | None:
@@ -284,14 +297,18 @@ class MicroBatcher:
                 continue
             oldest_wait_s = time.monotonic() - self._pending[0].enqueued_at
             slot_free = self._ready.empty()
-            model_idle = slot_free and not self._model_busy
+            free = max(0, self.config.model_instances - self._busy) if slot_free else 0
+            model_idle = free > 0
             full = (
                 self._pending_pairs >= self.config.max_batch_size
                 or self._pending_tokens_at_least(self.config.max_batch_tokens)
             )
             due = model_idle and (oldest_wait_s >= max_wait_s or self._closing)
             if slot_free and (full or due):
-                items = self._pop_batch()
+                # Free instances share what is queued (each batch one of them runs), so
+                # what fits one batch still runs on all of them at once.
+                share = -(-self._pending_pairs // free) if free > 1 else None
+                items = self._pop_batch(share)
                 if items:
                     assert self._prepare_pool is not None
                     pairs = [it.pair for it in items]
@@ -344,9 +361,11 @@ class MicroBatcher:
             self._pending_pairs -= dead
         self._gauge_queue()
 
-    def _pop_batch(self) -> list[Pending]:
-        """Take the next batch: the first pair due plus the neighbours in length that pad least."""
+    def _pop_batch(self, most: int | None = None) -> list[Pending]:
+        """Take the next batch: the first pair due plus the neighbours in length that pad
+        least; at most ``most`` pairs (default: the batch size)."""
         cfg = self.config
+        size = min(cfg.max_batch_size, most) if most else cfg.max_batch_size
         now = time.monotonic()
         window: list[Pending] = []
         taken = 0
@@ -364,7 +383,7 @@ class MicroBatcher:
         order = sorted(range(len(window)), key=lambda i: (window[i].length, i))
         lo = hi = order.index(0)
         longest = window[0].length
-        while hi - lo + 1 < cfg.max_batch_size:
+        while hi - lo + 1 < size:
             count = hi - lo + 1
             options = []
             if lo > 0:

@@ -94,6 +94,10 @@ class CostModel:
     pipeline's gaps (hand-offs, a starved event loop): the rate at which work really leaves
     the queue, not only the time inside ``session.run``. A gap while the queue only waited
     for arrivals is not the model's cost and is not counted.
+
+    With ``instances`` sessions running batches side by side, a batch's cost is what it
+    takes of the model's throughput: timed alone, its time over ``instances``; while the
+    model is the bottleneck, the gap since the previous batch of any instance ended.
     """
 
     SPECIAL_TOKENS = 3  # [CLS] query [SEP] text [SEP]
@@ -119,6 +123,7 @@ class CostModel:
         self._last_end = 0.0
         self._backlogged = False
         self.batches_seen = 0
+        self.instances = 1
 
     # ------------------------------------------------------------------ reading
     @property
@@ -155,6 +160,7 @@ class CostModel:
             "chars_per_token": round(self.chars_per_token, 2),
             "batch_pairs": self.batch_pairs,
             "batches_seen": self.batches_seen,
+            "instances": self.instances,
         }
 
     # ------------------------------------------------------------------ learning
@@ -174,8 +180,8 @@ class CostModel:
         backlogged: bool,
     ) -> None:
         ended = started + elapsed_s
-        span = ended - self._last_end if self._backlogged else elapsed_s
-        self._last_end = ended
+        span = ended - self._last_end if self._backlogged else elapsed_s / self.instances
+        self._last_end = max(self._last_end, ended)
         self._backlogged = backlogged
         padded = rows * width
         if real_tokens > 0 and padded >= real_tokens:

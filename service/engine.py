@@ -28,6 +28,7 @@ import numpy as np
 from relevance_core.activation import activate
 from service.admission import Admission, AdmissionConfig
 from service.batcher import BatcherConfig, MicroBatcher, PendingRequest
+from service.cost_model import TimedRun
 from service.engine_lifecycle import EngineLifecycle
 from service.errors import DeadlineExceeded, InputTooLong, NotReady
 from service.features import PairEncoder, TextLimits
@@ -81,9 +82,12 @@ class ScoringEngine(EngineLifecycle):
         ladder: LadderConfig | None = None,
         open_scorer: Callable[[int, bool], Scorer] | None = None,
         cache_bytes: int = 0,
+        extra_scorers: Sequence[Scorer] = (),
     ) -> None:
         self.package = package
         self.scorer = scorer
+        # Sessions beside ``scorer`` running batches at the same time (model_instances).
+        self.extra_scorers: list[Scorer] = []
         self.encoder = encoder
         self.batcher_config = batching or BatcherConfig()
         admission = admission or AdmissionConfig()
@@ -96,9 +100,12 @@ class ScoringEngine(EngineLifecycle):
         self._init_lifecycle(metrics, tokenizer_threads, warmup)
         self._batcher = MicroBatcher(self.batcher_config, metrics)
         # Through self.scorer: the ladder may swap the session before traffic.
-        self._worker = InferenceWorker(
-            self._batcher, lambda inputs: self.scorer.run(inputs), metrics, self._on_batch
-        )
+        self._workers = [
+            InferenceWorker(
+                self._batcher, lambda inputs: self.scorer.run(inputs), metrics, self._on_batch
+            )
+        ]
+        self._set_extra_scorers(list(extra_scorers))
         self._ladder = ladder
         self._open_scorer = open_scorer
         self.tuning: Tuning | None = None
@@ -106,6 +113,29 @@ class ScoringEngine(EngineLifecycle):
         self.cache = ScoreCache(cache_bytes, metrics)
         self.cache.bind(ScoreCache.model_key(m.name, m.version, scorer.variant))
         metrics.max_batch_size.set(self.batcher_config.max_batch_size)
+
+    @property
+    def model_instances(self) -> int:
+        """Sessions running batches side by side."""
+        return 1 + len(self.extra_scorers)
+
+    def _set_extra_scorers(self, extra: list[Scorer]) -> list[InferenceWorker]:
+        """Serve with ``extra`` sessions beside ``scorer``, a worker each (before traffic);
+        returns the new workers, for the caller to start."""
+        self.extra_scorers = extra
+        new = [
+            InferenceWorker(
+                self._batcher, session.run, self._metrics, self._on_batch, name=f"inference-{i}"
+            )
+            for i, session in enumerate(extra, start=1)
+        ]
+        self._workers = [self._workers[0], *new]
+        instances = self.model_instances
+        self.batcher_config = dataclasses.replace(self.batcher_config, model_instances=instances)
+        self._batcher.config = self.batcher_config
+        self.admission.set_instances(instances)
+        self._metrics.model_instances.set(instances)
+        return new
 
     @classmethod
     def from_package_dir(
@@ -124,10 +154,12 @@ class ScoringEngine(EngineLifecycle):
         warmup: bool = True,
         ladder: LadderConfig | None = None,
         cache_bytes: int = 0,
+        model_instances: int = 1,
     ) -> ScoringEngine:
         """Load and verify a model package, open its graph and build the engine.
 
-        ``ladder``: what warm-up may tune (``None``: nothing, the values given are used).
+        ``ladder``: what warm-up may tune (``None``: nothing, the values given are used,
+        ``model_instances`` sessions of the graph included; CPU only).
         """
         package = load_package(model_dir)
         m = package.manifest
@@ -140,6 +172,15 @@ class ScoringEngine(EngineLifecycle):
 
         # Threading matters on CPU only; on a GPU the ladder still picks the batch size.
         on_cpu = scorer.provider == "CPUExecutionProvider"
+        extra: list[Scorer] = []
+        if ladder is None and model_instances > 1:
+            if on_cpu:
+                extra = [
+                    open_scorer(intra_op_threads, intra_op_spinning)
+                    for _ in range(model_instances - 1)
+                ]
+            else:
+                log.warning("model_instances ignored: only CPU sessions run side by side")
         metrics.model_info.labels(m.name, m.version, scorer.variant, scorer.provider).set(1)
         log.info("model %s %s: %s graph on %s", m.name, m.version, scorer.variant, scorer.provider)
         return cls(
@@ -154,6 +195,7 @@ class ScoringEngine(EngineLifecycle):
             ladder=ladder,
             open_scorer=open_scorer if on_cpu else None,
             cache_bytes=cache_bytes,
+            extra_scorers=extra,
         )
 
     # ------------------------------------------------------------------ lifecycle
@@ -164,13 +206,18 @@ class ScoringEngine(EngineLifecycle):
 
     async def _start_lanes(self) -> None:
         await self._batcher.start()
-        await self._worker.start()
+        for worker in self._workers:
+            await worker.start()
 
     async def _stop_lanes(self, timeout_s: float) -> None:
-        await asyncio.gather(self._batcher.stop(timeout_s), self._worker.stop(timeout_s))
+        await asyncio.gather(
+            self._batcher.stop(timeout_s), *(worker.stop(timeout_s) for worker in self._workers)
+        )
 
     def _release(self) -> None:
         self.scorer.close()
+        for session in self.extra_scorers:
+            session.close()
         self.cache.clear()  # another version (a hot swap) may serve on; free this one's
 
     async def _warmup(self) -> None:
@@ -180,10 +227,13 @@ class ScoringEngine(EngineLifecycle):
                 tuning = await asyncio.to_thread(
                     run_ladder, self.scorer, self.encoder, self._ladder, self._open_scorer
                 )
-                self._apply(tuning)
+                for worker in self._apply(tuning):
+                    await worker.start()
             runs, timed = await asyncio.to_thread(
                 warm_up, self.scorer, self.encoder, self.batcher_config
             )
+            for session in self.extra_scorers:  # each session allocates per shape too
+                await asyncio.to_thread(warm_up, session, self.encoder, self.batcher_config)
         except Exception:
             log.exception("warm-up failed; the service stays not ready")
             self.status = "warmup_failed"
@@ -193,7 +243,14 @@ class ScoringEngine(EngineLifecycle):
         # Only the short shapes: a line through widths up to max_length would be bent by
         # attention's quadratic term into a large per-batch cost that short pairs (the
         # common case) do not pay; longer batches correct it online as they run.
-        short = [run for run in timed if run.width <= FIT_MAX_WIDTH]
+        # Timed on one session: with several side by side, a batch takes 1/n of the
+        # throughput (the ladder's side-by-side runs are timed so already).
+        n = self.model_instances
+        short = [
+            TimedRun(run.rows, run.width, run.seconds / n)
+            for run in timed
+            if run.width <= FIT_MAX_WIDTH
+        ]
         self.admission.fit([*short, *(chosen_runs(self.tuning) if self.tuning else [])])
         cost = self.admission.forecast.describe()
         log.info(
@@ -205,12 +262,14 @@ class ScoringEngine(EngineLifecycle):
         )
         self._set_ready()
 
-    def _apply(self, tuning: Tuning) -> None:
-        """Serve with what the ladder chose (before any traffic: warm-up is not over)."""
+    def _apply(self, tuning: Tuning) -> list[InferenceWorker]:
+        """Serve with what the ladder chose (before any traffic: warm-up is not over);
+        returns the workers of the sessions added, for the caller to start."""
         self.tuning = tuning
         if tuning.scorer is not None and tuning.scorer is not self.scorer:
             old, self.scorer = self.scorer, tuning.scorer
             old.close()
+        new = self._set_extra_scorers(tuning.scorers[1:]) if tuning.model_instances > 1 else []
         self.batcher_config = dataclasses.replace(
             self.batcher_config, max_batch_size=tuning.max_batch_size
         )
@@ -221,6 +280,7 @@ class ScoringEngine(EngineLifecycle):
         m.intra_op_threads.set(tuning.intra_op_threads)
         m.intra_op_spinning.set(int(tuning.intra_op_spinning))
         m.tuned_pairs_per_s.set(tuning.pairs_per_s)
+        return new
 
     # ------------------------------------------------------------------ scoring
     async def score(
@@ -379,6 +439,7 @@ class ScoringEngine(EngineLifecycle):
                 "provider": self.scorer.provider,
                 "variant": self.scorer.variant,
                 "batch_invariant": self.scorer.batch_invariant,
+                "model_instances": self.model_instances,
             },
             "batcher": dataclasses.asdict(self.batcher_config),
             "tuning": self.tuning.describe() if self.tuning is not None else None,

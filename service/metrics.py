@@ -257,6 +257,12 @@ class Metrics:
             "1 when ONNX Runtime's idle threads spin.",
             registry=r,
         )
+        self.model_instances = Gauge(
+            "relevance_model_instances",
+            "Sessions of the model running batches side by side (one worker each).",
+            registry=r,
+        )
+        self.model_instances.set(1)
         self.tuned_pairs_per_s = Gauge(
             "relevance_tuned_pairs_per_second",
             "Pairs per second of the setting the warm-up ladder chose, as it measured it.",

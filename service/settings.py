@@ -96,6 +96,13 @@ class Settings(BaseSettings):
         description="Let idle ORT threads spin (faster alone, slower next to the server); "
         "unset = the warm-up ladder measures both.",
     )
+    model_instances: int | None = Field(
+        None,
+        ge=1,
+        description="Sessions of the model running batches side by side, a worker each, "
+        "cores shared out unless RELEVANCE_INTRA_OP_THREADS (CPU only); unset = one. The "
+        "warm-up ladder then picks the batch size on all of them running at once.",
+    )
     warmup: bool = True
     tune_budget_s: float = Field(
         5.0,
@@ -115,7 +122,10 @@ class Settings(BaseSettings):
         16384, ge=1, description="Most padded tokens (pairs x longest) in one batch."
     )
     max_wait_ms: float = Field(
-        2.0, ge=0, description="Longest a pair waits for company before a partial batch runs."
+        0.0,
+        ge=0,
+        description="Longest a pair waits for company before a partial batch runs on an "
+        "idle model (0: at once; while the model is busy, batches fill anyway).",
     )
     max_queue_pairs: int = Field(
         4096, ge=1, description="Pairs admitted and not yet answered; beyond it, 429."

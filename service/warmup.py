@@ -10,7 +10,13 @@ ready.
    :data:`TIE` of each other are a tie, won by the larger batch (and by the session
    already open). A knob set in the
    settings is not laddered (``fixed_*``); a measurement that would pass the budget is
-   not started, and the best of what was measured is chosen.
+   not started, and the best of what was measured is chosen. Sessions side by side
+   (``model_instances``, one worker each) are opened only when the settings ask: then
+   the batch size is laddered on all of them running at once. They are not tried by
+   default: on the 2-core machine two one-thread sessions matched one two-thread session
+   in the ladder and in the raw session, and lost to it in the service (3 closed-loop
+   clients, 20-100 items: 460 vs 487-501 pairs/s; a lone 10-item request 29.1 vs
+   26.5-28.1 ms; measured 2026-12-04), where the event loop and tokenizer share the cores.
 2. **Shapes** (:func:`warmup_batches`): ONNX Runtime allocates and picks kernels on the
    first run of a shape; each shape runs once untimed, then once timed. Those timings,
    with the ladder's at the chosen setting, are what the cost model is fitted to
@@ -25,6 +31,7 @@ import logging
 import os
 import time
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -63,6 +70,7 @@ class LadderConfig:
     fixed_batch_size: int | None = None
     fixed_threads: int | None = None
     fixed_spinning: bool | None = None
+    fixed_instances: int | None = None
     # The threading the session was opened with.
     threads: int = 0
     spinning: bool = False
@@ -77,6 +85,7 @@ class Rung:
     spinning: bool
     pairs_per_s: float
     runs: tuple[TimedRun, ...] = ()
+    instances: int = 1
 
 
 @dataclass
@@ -91,12 +100,16 @@ class Tuning:
     rungs: list[Rung] = field(default_factory=list)
     elapsed_s: float = 0.0
     scorer: Scorer | None = None
+    model_instances: int = 1
+    # The sessions to serve with when model_instances > 1 (``scorer`` is the first).
+    scorers: list[Scorer] = field(default_factory=list)
 
     def describe(self) -> dict[str, object]:
         return {
             "max_batch_size": self.max_batch_size,
             "intra_op_threads": self.intra_op_threads,
             "intra_op_spinning": self.intra_op_spinning,
+            "model_instances": self.model_instances,
             "pairs_per_s": round(self.pairs_per_s, 1),
             "source": self.source,
             "elapsed_s": round(self.elapsed_s, 2),
@@ -105,6 +118,7 @@ class Tuning:
                     "batch_size": r.batch_size,
                     "threads": r.threads,
                     "spinning": r.spinning,
+                    "instances": r.instances,
                     "pairs_per_s": round(r.pairs_per_s, 1),
                 }
                 for r in self.rungs
@@ -148,6 +162,32 @@ def measure(
     return rows * len(runs) / max(total, 1e-9), runs
 
 
+def measure_side_by_side(
+    scorers: Sequence[Scorer],
+    batch: dict[str, np.ndarray],
+    pairs: int = LADDER_PAIRS,
+    clock: Callable[[], float] = time.perf_counter,
+) -> tuple[float, list[TimedRun]]:
+    """Pairs per second of ``scorers`` each running ``batch`` about ``pairs`` pairs' worth
+    at once, on threads of their own (ONNX Runtime releases the GIL). The runs are what
+    one batch costs in throughput: the wall time over all batches run."""
+    rows, width = batch["input_ids"].shape
+    repeats = max(1, -(-pairs // rows))
+    for scorer in scorers:
+        scorer.run(batch)  # this shape's first run allocates
+
+    def work(scorer: Scorer) -> None:
+        for _ in range(repeats):
+            scorer.run(batch)
+
+    with ThreadPoolExecutor(len(scorers)) as pool:
+        t0 = clock()
+        list(pool.map(work, scorers))
+        wall = max(clock() - t0, 1e-9)
+    done = repeats * len(scorers)
+    return rows * done / wall, [TimedRun(rows, width, wall / done)] * done
+
+
 def run_ladder(
     scorer: Scorer,
     encoder: PairEncoder,
@@ -157,7 +197,8 @@ def run_ladder(
 ) -> Tuning:
     """Measure the ladder within ``config.budget_s`` (on ``clock``, which times the runs
     too). The returned ``scorer`` is the one to serve with: ``scorer`` or a session
-    ``open_scorer`` opened; the other sessions opened are closed here."""
+    ``open_scorer`` opened (and ``scorers``, all of them, when several instances won);
+    the other sessions opened are closed here."""
     started = clock()
     deadline = started + config.budget_s
     sizes = [config.fixed_batch_size] if config.fixed_batch_size else list(config.batch_sizes)
@@ -172,22 +213,36 @@ def run_ladder(
         pairs = rows * (max(1, -(-LADDER_PAIRS // rows)) + 1)
         return clock() + pairs * seconds_per_pair * margin <= deadline
 
-    def try_sizes(candidate: Scorer, threads: int, spinning: bool, try_: list[int]) -> None:
+    def try_sizes(
+        candidate: Scorer | list[Scorer], threads: int, spinning: bool, try_: list[int]
+    ) -> None:
         nonlocal seconds_per_pair
         for size in try_:
             if rungs and not fits(size):
                 continue
-            rate, runs = measure(candidate, ladder_batch(encoder, size), clock=clock)
+            batch = ladder_batch(encoder, size)
+            if isinstance(candidate, list):
+                rate, runs = measure_side_by_side(candidate, batch, clock=clock)
+                instances = len(candidate)
+            else:
+                rate, runs = measure(candidate, batch, clock=clock)
+                instances = 1
             seconds_per_pair = max(seconds_per_pair, 1 / rate)
-            rungs.append(Rung(size, threads, spinning, rate, tuple(runs)))
+            rungs.append(Rung(size, threads, spinning, rate, tuple(runs), instances))
 
-    try_sizes(scorer, threads0, spin0, sizes)
+    n = cores()
+    forced = config.fixed_instances if (config.fixed_instances or 1) > 1 else None
+    if forced is not None and open_scorer is None:
+        log.warning("model_instances %d ignored: only CPU sessions run side by side", forced)
+        forced = None
     chosen_scorer = scorer
-    best = pick(rungs)
-    if open_scorer is not None:
+    chosen_group: list[Scorer] = []
+    if forced is None:
+        try_sizes(scorer, threads0, spin0, sizes)
+        best = pick(rungs)
+    if open_scorer is not None and forced is None:
         top = sorted(rungs, key=lambda r: -r.pairs_per_s)[:2]
         top_sizes = sorted({r.batch_size for r in top})
-        n = cores()
         thread_options = [config.fixed_threads] if config.fixed_threads is not None else [n, 1]
         spin_options = (
             [config.fixed_spinning] if config.fixed_spinning is not None else [True, False]
@@ -210,6 +265,15 @@ def run_ladder(
                     chosen_scorer, best = candidate, new_best
                 else:
                     candidate.close()
+    if forced is not None:
+        # Instances set in the settings: only the batch size is laddered, on all of them.
+        threads = config.fixed_threads if config.fixed_threads is not None else max(1, n // forced)
+        spinning = bool(config.fixed_spinning)
+        assert open_scorer is not None
+        chosen_group = [open_scorer(threads, spinning) for _ in range(forced)]
+        chosen_scorer = chosen_group[0]
+        try_sizes(chosen_group, threads, spinning, sizes)
+        best = pick(rungs)
     source = {
         "max_batch_size": "settings" if config.fixed_batch_size else "ladder",
         "intra_op_threads": "settings"
@@ -218,6 +282,7 @@ def run_ladder(
         "intra_op_spinning": "settings"
         if config.fixed_spinning is not None
         else ("ladder" if open_scorer else "default"),
+        "model_instances": "settings" if config.fixed_instances is not None else "default",
     }
     tuning = Tuning(
         max_batch_size=best.batch_size,
@@ -228,12 +293,16 @@ def run_ladder(
         rungs=rungs,
         elapsed_s=clock() - started,
         scorer=chosen_scorer,
+        model_instances=best.instances,
+        scorers=chosen_group if best.instances > 1 else [],
     )
     log.info(
-        "ladder: %d settings in %.2f s; batch %d, %d intra-op threads, spinning %s: %.0f pairs/s",
+        "ladder: %d settings in %.2f s; batch %d, %d x %d intra-op threads, spinning %s: "
+        "%.0f pairs/s",
         len(rungs),
         tuning.elapsed_s,
         best.batch_size,
+        best.instances,
         best.threads,
         "on" if best.spinning else "off",
         best.pairs_per_s,
@@ -274,6 +343,7 @@ def chosen_runs(tuning: Tuning) -> Sequence[TimedRun]:
         for rung in tuning.rungs
         if rung.threads == tuning.intra_op_threads
         and rung.spinning == tuning.intra_op_spinning
+        and rung.instances == tuning.model_instances
         and rung.batch_size <= tuning.max_batch_size
         for run in rung.runs
     ]

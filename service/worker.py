@@ -1,4 +1,5 @@
-"""The inference worker: one thread runs the model on the batches the batcher packs.
+"""The inference worker: one thread runs the model on the batches the batcher packs (one
+worker per model instance when several sessions run side by side).
 
 ONNX Runtime releases the GIL inside ``session.run``, so the event loop and the tokenizer
 keep working meanwhile. A batch's logits resolve its requests' futures; its size and
@@ -107,8 +108,9 @@ class InferenceWorker(BatchWorker):
         run_batch: RunBatch,
         metrics: Metrics | None = None,
         on_batch: Callable[[BatchRun], None] | None = None,
+        name: str = "inference",
     ) -> None:
-        super().__init__(batcher, "inference")
+        super().__init__(batcher, name)
         self._run_batch = run_batch
         self._metrics = metrics
         self._on_batch = on_batch

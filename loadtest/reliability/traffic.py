@@ -102,13 +102,17 @@ def session_provider(name: str) -> str:
 
 
 def raw_ceiling(cfg: RunConfig, model: dict[str, Any]) -> dict[str, Any]:
-    """The raw session's best pairs/s at the server's variant, provider and threads."""
+    """The raw session's best pairs/s at the server's variant and provider: one session at
+    the server's threads (all cores when it runs sessions side by side), and one session
+    of a thread per core side by side."""
     from loadtest import bench
     from loadtest.workload import Catalogue, Mix, RequestFactory
+    from service.warmup import cores
 
     execution = model["execution"]
     tuning = model.get("tuning") or {}
-    threads = int(tuning.get("intra_op_threads") or 0)
+    instances = int(tuning.get("model_instances") or 1)
+    threads = int(tuning.get("intra_op_threads") or 0) if instances == 1 else 0
     sizes = set(CEILING_SIZES) | ({int(tuning["max_batch_size"])} if tuning else set())
     if not cfg.quick:
         sizes |= {128}
@@ -131,8 +135,9 @@ def raw_ceiling(cfg: RunConfig, model: dict[str, Any]) -> dict[str, Any]:
         threads,
         pairs,
         plan,
+        side_by_side=max(instances, cores()) if cores() > 1 else 0,
     )
-    figures["intra_op_threads"] = threads
+    figures["intra_op_threads"] = 1 if figures["instances"] > 1 else threads
     figures["pairs"] = len(pairs)
     return figures
 
@@ -140,9 +145,11 @@ def raw_ceiling(cfg: RunConfig, model: dict[str, Any]) -> dict[str, Any]:
 def _ceiling_text(ceiling: dict[str, Any]) -> str:
     spin = "spinning" if ceiling["spinning"] else "no spinning"
     threads = ceiling["intra_op_threads"] or "ORT default"
+    instances = int(ceiling.get("instances") or 1)
+    layout = f"{instances} sessions side by side, " if instances > 1 else ""
     return (
         f"raw session {ceiling['pairs_per_s']} pairs/s (batch {ceiling['batch_size']}, "
-        f"{spin}, {ceiling['variant']} on {ceiling['provider']}, {threads} threads)"
+        f"{layout}{spin}, {ceiling['variant']} on {ceiling['provider']}, {threads} threads)"
     )
 
 

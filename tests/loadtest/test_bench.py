@@ -134,3 +134,42 @@ def test_the_raw_ceiling_tries_request_order_and_length_sorted_batches(
     short = min(length_sorted)
     assert short < request_order[0] == max(length_sorted)
     assert length_sorted[1:].count(short) == 2
+
+
+def test_the_raw_ceiling_also_runs_single_thread_sessions_side_by_side(
+    tiny_model_package: Path, monkeypatch
+) -> None:
+    import dataclasses
+    import threading
+
+    from loadtest import bench
+    from service.scorers import OnnxScorer
+
+    opened: list[tuple[int, bool]] = []
+    threads_seen: dict[int, set[str]] = {}
+    real_load = OnnxScorer.load
+
+    def load(*args, intra_op_threads: int, spinning: bool, **kwargs):
+        scorer = real_load(*args, intra_op_threads=intra_op_threads, spinning=spinning, **kwargs)
+        opened.append((intra_op_threads, spinning))
+        real_run, key = scorer.run, len(opened)
+
+        def run(inputs):
+            threads_seen.setdefault(key, set()).add(threading.current_thread().name)
+            return real_run(inputs)
+
+        scorer.run = run
+        return scorer
+
+    monkeypatch.setattr(OnnxScorer, "load", staticmethod(load))
+    pairs = [("q", "a"), ("long query words", "a much longer title with many words")] * 4
+    plan = dataclasses.replace(QUICK, batch_sizes=(2,), offline_budget_s=0.0)
+    figures = bench.measure_ceiling(
+        tiny_model_package, "cpu", "auto", 2, pairs, plan, side_by_side=2
+    )
+    assert opened == [(2, True), (2, False), (1, False), (1, False)]
+    assert {"2 x2", "2 sorted x2"} <= set(figures["by_batch_size"])
+    assert figures["pairs_per_s"] == max(figures["by_batch_size"].values())
+    assert figures["instances"] in (1, 2)
+    # The two single-thread sessions each ran batches, on threads of their own.
+    assert len(threads_seen[3] | threads_seen[4]) >= 2

@@ -78,17 +78,24 @@ def run(
     on_batch: Callable[[BatchRun], None] | None = None,
     **config: Any,
 ) -> Any:
-    """Run ``body`` against a started batcher whose batches ``model`` runs."""
+    """Run ``body`` against a started batcher whose batches ``model`` runs (on
+    ``model_instances`` workers)."""
 
     async def main() -> Any:
         batcher = MicroBatcher(BatcherConfig(**config), metrics)
-        worker = InferenceWorker(batcher, model, metrics, on_batch)
+        workers = [
+            InferenceWorker(batcher, model, metrics, on_batch, name=f"inference-{i}")
+            for i in range(batcher.config.model_instances)
+        ]
         await batcher.start()
-        await worker.start()
+        for worker in workers:
+            await worker.start()
         try:
             return await body(batcher)
         finally:
-            await asyncio.gather(batcher.stop(timeout_s=5), worker.stop(timeout_s=5))
+            await asyncio.gather(
+                batcher.stop(timeout_s=5), *(worker.stop(timeout_s=5) for worker in workers)
+            )
 
     return asyncio.run(main())
 

@@ -108,6 +108,27 @@ def test_while_backlogged_a_batch_is_timed_from_the_end_of_the_one_before() -> N
     assert cost.a + cost.b * 80 == pytest.approx((0.01 + 0.04) / 2, rel=0.02)
 
 
+def test_with_instances_side_by_side_a_batch_costs_its_share_of_the_throughput() -> None:
+    cost = CostModel(batch_pairs=BATCH, forgetting=0.5)
+    cost.instances = 2
+    # Alone, a batch of 20 ms takes 10 ms of what two sessions side by side can do.
+    for i in range(20):
+        cost.observe_batch(8, 10, 80, float(i), 0.02, backlogged=False)
+    assert cost.a + cost.b * 80 == pytest.approx(0.01, rel=0.02)
+    # Backlogged, two sessions' batches of 20 ms end 10 ms apart: the queue drains one
+    # batch per 10 ms, whatever order they end in (an earlier end is not a negative cost).
+    cost = CostModel(batch_pairs=BATCH, forgetting=0.5)
+    cost.instances = 2
+    for k in range(1, 21):
+        end = 100.0 + 0.01 * k
+        cost.observe_batch(8, 10, 80, end - 0.02, 0.02, backlogged=True)
+    assert cost.a + cost.b * 80 == pytest.approx(0.01, rel=0.02)
+    seen = cost.batches_seen
+    cost.observe_batch(8, 10, 80, end - 0.025, 0.02, backlogged=True)  # ended 5 ms earlier
+    assert cost.batches_seen == seen
+    assert cost.a + cost.b * 80 == pytest.approx(0.01, rel=0.02)
+
+
 def test_padding_and_characters_per_token_are_measured() -> None:
     cost = CostModel(batch_pairs=BATCH, chars_per_token=4.0, padding_factor=1.0)
     for i in range(50):

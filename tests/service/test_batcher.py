@@ -351,3 +351,54 @@ def test_no_starvation_only_work_due_first_may_overtake() -> None:
     }
     names = [ids[row] for row in rows]
     assert names == ["before"] * 20 + ["waiting"] * 4 + ["after"] * 80
+
+
+# ------------------------------------------------------------------ model instances
+def test_two_instances_run_a_lone_request_as_halves_side_by_side() -> None:
+    model = FakeModel(delay_s=0.05)
+    pairs = [make_pair(5 + i, seed=i) for i in range(10)]
+
+    async def body(b: MicroBatcher) -> Any:
+        return await submit(b, pairs)
+
+    result = run(model, body, max_batch_size=64, model_instances=2)
+    np.testing.assert_allclose(result.logits, [expected_logit(p) for p in pairs], rtol=1e-6)
+    # Shared out between the two free instances, in length order (least padding).
+    assert sorted(rows for rows, _ in model.batches) == [5, 5]
+    assert model.max_running == 2 and len(model.threads) == 2
+    # One instance: the same request is one batch.
+    model = FakeModel(delay_s=0.05)
+    run(model, body, max_batch_size=64)
+    assert [rows for rows, _ in model.batches] == [10] and model.max_running == 1
+
+
+def test_no_more_batches_run_at_once_than_there_are_instances() -> None:
+    model = FakeModel(delay_s=0.02)
+    requests = [[make_pair(4, seed=r * 7 + i) for i in range(8)] for r in range(12)]
+
+    async def body(b: MicroBatcher) -> list[Any]:
+        return await asyncio.gather(*(submit(b, pairs) for pairs in requests))
+
+    results = run(model, body, max_batch_size=8, model_instances=3)
+    for pairs, result in zip(requests, results, strict=True):
+        np.testing.assert_allclose(result.logits, [expected_logit(p) for p in pairs], rtol=1e-6)
+    assert model.max_running == 3
+    assert sum(rows for rows, _ in model.batches) == 96
+
+
+def test_stop_ends_every_instances_worker() -> None:
+    model = FakeModel()
+
+    async def main() -> None:
+        b = MicroBatcher(BatcherConfig(max_batch_size=4, model_instances=2))
+        workers = [InferenceWorker(b, model, name=f"w{i}") for i in range(2)]
+        await b.start()
+        for w in workers:
+            await w.start()
+        assert (await submit(b, [make_pair(3)])).logits.shape == (1,)
+        await b.stop(timeout_s=5)
+        # Each worker learns the queue is finished (no timeout, nothing abandoned).
+        await asyncio.wait_for(asyncio.gather(*(w.stop(timeout_s=FAR) for w in workers)), 5)
+        assert b.busy_instances == 0
+
+    asyncio.run(main())

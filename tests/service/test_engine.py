@@ -277,8 +277,50 @@ def test_info_names_the_provider_in_use(tiny_model_package: Path) -> None:
         "provider": "CPUExecutionProvider",
         "variant": "int8",  # the tiny package's INT8 graph is static, so batch-invariant
         "batch_invariant": True,
+        "model_instances": 1,
     }
     assert info["batcher"]["max_batch_size"] == 8
     assert info["admission"]["max_queue_pairs"] == 500
     assert info["max_query_tokens"] == 30  # half of the tiny model's 64, less [CLS], [SEP]
     assert info["manifest"]["name"] == "tiny"
+
+
+def test_sessions_side_by_side_score_as_one_session_does(
+    tiny_model_package: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    runs: dict[int, int] = {}
+    real_run = OnnxScorer.run
+
+    def counted(self: OnnxScorer, inputs: dict[str, np.ndarray]) -> np.ndarray:
+        runs[id(self)] = runs.get(id(self), 0) + 1
+        return real_run(self, inputs)
+
+    monkeypatch.setattr(OnnxScorer, "run", counted)
+    registry = CollectorRegistry()
+    engine = ScoringEngine.from_package_dir(
+        tiny_model_package,
+        Metrics(registry),
+        intra_op_threads=1,
+        model_instances=2,
+        batching=BatcherConfig(max_batch_size=8),
+    )
+    requests = [make_texts(5 + 3 * i, seed=i) for i in range(6)]
+
+    async def main() -> None:
+        await engine.start()
+        assert await engine.wait_ready(30)
+        runs.clear()
+        results = await asyncio.gather(
+            *(engine.score("drill", t, deadline=time.monotonic() + 30) for t in requests)
+        )
+        for texts, result in zip(requests, results, strict=True):
+            np.testing.assert_allclose(
+                result.logits, reference_logits(tiny_model_package, "drill", texts), atol=1e-5
+            )
+        await engine.stop()
+
+    asyncio.run(main())
+    assert engine.model_instances == 2 and len(runs) == 2  # both sessions ran batches
+    assert engine.info()["execution"]["model_instances"] == 2
+    assert registry.get_sample_value("relevance_model_instances") == 2
+    assert engine.admission.forecast.describe()["instances"] == 2

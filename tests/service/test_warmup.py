@@ -4,6 +4,7 @@ sessions it does not keep. Time is a clock the fake session advances, not the wa
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -113,7 +114,11 @@ def test_the_ladder_picks_the_fastest_setting_and_closes_the_rest(encoder: PairE
         "max_batch_size": "ladder",
         "intra_op_threads": "ladder",
         "intra_op_spinning": "ladder",
+        "model_instances": "default",
     }
+    # Sessions side by side are not tried unless the settings ask for them.
+    assert {r.instances for r in tuning.rungs} == {1}
+    assert tuning.model_instances == 1 and tuning.scorers == []
     assert tuning.elapsed_s == pytest.approx(clock.now)
 
 
@@ -127,7 +132,12 @@ def test_the_ladder_keeps_to_its_budget(encoder: PairEncoder, budget_s: float) -
 
 def test_settings_fix_the_knobs_they_set(encoder: PairEncoder) -> None:
     config = LadderConfig(
-        budget_s=10.0, fixed_batch_size=32, fixed_threads=1, fixed_spinning=False, threads=1
+        budget_s=10.0,
+        fixed_batch_size=32,
+        fixed_threads=1,
+        fixed_spinning=False,
+        fixed_instances=1,
+        threads=1,
     )
     tuning, first, opened, _ = ladder(encoder, config)
     assert opened == []  # nothing else to try: the session as opened is the setting
@@ -143,6 +153,59 @@ def test_settings_fix_the_knobs_they_set(encoder: PairEncoder) -> None:
     tuning, _, opened, _ = ladder(encoder, LadderConfig(budget_s=10.0, fixed_batch_size=64))
     assert tuning.max_batch_size == 64 and opened
     assert {r.batch_size for r in tuning.rungs} == {64}
+
+
+class SleepSession(FakeSession):
+    """Costs its seconds in real time, sleeping (so sessions side by side overlap, as ONNX
+    Runtime's do with the GIL released)."""
+
+    def run(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
+        assert not self.closed
+        rows = len(inputs["input_ids"])
+        time.sleep(self.seconds(rows, self.threads, self.spinning))
+        self.runs += 1
+        return np.zeros(rows, dtype=np.float32)
+
+
+def small_ops(rows: int, threads: int, spinning: bool) -> float:
+    """Two threads gain little on small batches: 1.2x one thread's speed, not 2x."""
+    return (0.002 + rows * 0.003) / (1.2 if threads != 1 else 1.0)
+
+
+def test_sessions_side_by_side_are_measured_running_at_once(encoder: PairEncoder) -> None:
+    opened: list[FakeSession] = []
+
+    def open_scorer(threads: int, spinning: bool) -> FakeSession:
+        opened.append(SleepSession(Clock(), threads, spinning, small_ops))
+        return opened[-1]
+
+    first = SleepSession(Clock(), 0, False, small_ops)
+    config = LadderConfig(budget_s=10.0, batch_sizes=(8, 16), fixed_instances=2)
+    tuning = run_ladder(first, encoder, config, open_scorer)
+    assert tuning.model_instances == 2 and tuning.scorers == opened
+    assert all(s.runs > 0 and not s.closed for s in opened)
+    # Together about twice one session of one thread (they overlap: the rate is not that
+    # of the two run one after the other).
+    alone = tuning.max_batch_size / small_ops(tuning.max_batch_size, 1, False)
+    assert tuning.pairs_per_s > 1.6 * alone
+    assert tuning.describe()["model_instances"] == 2
+    # Its cost model runs are a batch's share of the throughput, not one session's time.
+    runs = warmup.chosen_runs(tuning)
+    assert runs and all(r.seconds < small_ops(r.rows, 1, False) * 0.8 for r in runs)
+
+
+def test_instances_set_in_the_settings_are_opened_and_only_the_batch_size_laddered(
+    encoder: PairEncoder,
+) -> None:
+    tuning, first, opened, _ = ladder(encoder, LadderConfig(budget_s=10.0, fixed_instances=2))
+    assert len(opened) == 2 and tuning.scorers == opened and tuning.model_instances == 2
+    assert [s.threads for s in opened] == [1, 1]  # 2 cores shared out
+    assert {r.instances for r in tuning.rungs} == {2}
+    assert tuning.scorer is opened[0] and not first.closed  # the engine closes its own
+    assert tuning.source["model_instances"] == "settings"
+    # One instance set: nothing side by side is tried.
+    tuning, _, opened, _ = ladder(encoder, LadderConfig(budget_s=10.0, fixed_instances=1))
+    assert {r.instances for r in tuning.rungs} == {1} and tuning.model_instances == 1
 
 
 def test_the_served_choice_is_shown_in_info_and_metrics(make_app: Callable[..., FastAPI]) -> None:
