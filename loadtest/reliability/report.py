@@ -126,9 +126,10 @@ def render(
         "answered from the score cache would be throughput the model never delivered).",
         "- *Raw session*: the ONNX Runtime session alone (`loadtest.bench.measure_ceiling`: "
         "pre-tokenized batches of the same request mix in request order and sorted by length, "
-        "a ladder of batch sizes, idle threads spinning and not; the best wins) at the graph, "
-        "provider and intra-op threads the server reports in `/info`, measured in the same run "
-        "with the server idle. The lone request's cost of a pair is its p50 over its 10 items.",
+        "a ladder of batch sizes, idle threads spinning and not, and one single-thread session "
+        "per core running side by side; the best wins) at the graph, provider and intra-op "
+        "threads the server reports in `/info`, measured in the same run with the server idle. "
+        "The lone request's cost of a pair is its p50 over its 10 items.",
         "- A row that did not hold ends with *broken:* and the rules it broke.",
         "- Overload traffic is sent with `loadtest.rawhttp` (one connection per request): "
         "httpx needed more CPU per request than the server on this machine and turned "
