@@ -303,6 +303,18 @@ class _OpenLoop:
             "refused_latency": latency_figures(samples, REFUSED),
             "capacity_pairs_per_s": self.capacity.pairs_per_s,
             "elapsed_s": round(elapsed, 2),
+            # When the late ones were sent, how big, how late (client and server side):
+            # whether they cluster at the start of the load, before admission learned it.
+            "over_budget": [
+                {
+                    "sent_at_s": round(s.started_s, 2),
+                    "items": s.items,
+                    "latency_ms": round(s.latency_s * 1000, 1),
+                    "server_ms": round(s.server_s * 1000, 1) if s.server_s is not None else None,
+                }
+                for s in samples
+                if s.status in ADMITTED and s.latency_s > _budget_s(s, self.slo)
+            ],
         }
 
     def half_load(self, seed: int) -> Row:
@@ -323,6 +335,8 @@ class _OpenLoop:
         before = snapshot(self.pid)
         with Sampler(self.pid, interval_s=0.25) as proc:
             samples, elapsed, not_sent, rate = self._send(factor, seed + factor)
+            # What admission had learned by the end of the load (lateness, tail guard).
+            admission_load = get_json(self.url + "/info").get("load")
             drain_s = max(0.0, elapsed - self.duration_s)
             settle_s, probes = asyncio.run(_recovery(self.url, self.probe, self.normal_s))
         after = snapshot(self.pid)
@@ -356,6 +370,7 @@ class _OpenLoop:
                 "rss_after_mib": after.rss_mib if after else None,
                 "drain_s": round(drain_s, 2),
                 "recovery_s": recovery_s,
+                "admission_at_end": admission_load,
                 "failures": failures,
             },
         )
