@@ -36,7 +36,14 @@ from service.metrics import Metrics
 from service.model_package import ModelPackage, load_package
 from service.score_cache import ScoreCache
 from service.scorers import OnnxScorer, Provider, Scorer, Variant
-from service.warmup import LadderConfig, Tuning, chosen_runs, run_ladder, warm_up
+from service.warmup import (
+    LadderConfig,
+    Tuning,
+    chosen_runs,
+    instance_threads,
+    run_ladder,
+    warm_up,
+)
 from service.worker import InferenceWorker
 
 log = logging.getLogger(__name__)
@@ -175,9 +182,13 @@ class ScoringEngine(EngineLifecycle):
         extra: list[Scorer] = []
         if ladder is None and model_instances > 1:
             if on_cpu:
+                # The cores shared out unless the threads were set (as the ladder does).
+                threads = instance_threads(model_instances, intra_op_threads or None)
+                if threads != intra_op_threads:
+                    scorer.close()
+                    scorer = open_scorer(threads, intra_op_spinning)
                 extra = [
-                    open_scorer(intra_op_threads, intra_op_spinning)
-                    for _ in range(model_instances - 1)
+                    open_scorer(threads, intra_op_spinning) for _ in range(model_instances - 1)
                 ]
             else:
                 log.warning("model_instances ignored: only CPU sessions run side by side")

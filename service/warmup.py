@@ -134,6 +134,12 @@ def cores() -> int:
         return os.cpu_count() or 1
 
 
+def instance_threads(instances: int, fixed_threads: int | None) -> int:
+    """Intra-op threads of each of ``instances`` sessions side by side: the settings' own,
+    else the cores shared out."""
+    return fixed_threads if fixed_threads is not None else max(1, cores() // instances)
+
+
 def ladder_batch(
     encoder: PairEncoder, rows: int, width: int = LADDER_WIDTH
 ) -> dict[str, np.ndarray]:
@@ -267,7 +273,7 @@ def run_ladder(
                     candidate.close()
     if forced is not None:
         # Instances set in the settings: only the batch size is laddered, on all of them.
-        threads = config.fixed_threads if config.fixed_threads is not None else max(1, n // forced)
+        threads = instance_threads(forced, config.fixed_threads)
         spinning = bool(config.fixed_spinning)
         assert open_scorer is not None
         chosen_group = [open_scorer(threads, spinning) for _ in range(forced)]
