@@ -20,8 +20,10 @@ Examples::
                                                          # one run of the curve (2 at once)
     python -m training small --set 'small.layers=[[1, 3, 5]]'   # from distill-n<largest>
     python -m training committee --set committee.members=human-only,distill-n26564
+    python -m training represent                         # the cacheable students (and
+                                                         # each of representation.also)
     python -m training represent --set representation.architecture=late-interaction \
-        --set representation.dim=128                     # the cacheable student
+        --set representation.dim=128                     # one architecture alone
     python -m training ensemble                          # LLM + human-only + BM25 teacher
     python -m training evaluate                          # docs/evaluation.md + plot
     python -m training cascade                           # representation -> cross-encoder

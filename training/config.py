@@ -69,6 +69,9 @@ _RUNTIME_FIELDS: tuple[tuple[str, str], ...] = (
     # these 2-core machines (python -m training.student_bench, session 8): the thread
     # count is a scheduling choice, not part of the student.
     ("student", "threads"),
+    # Which further architectures the represent stage trains beside the main one: each is
+    # its own run with its own identity (training.representation.runs.variant_configs).
+    ("representation", "also"),
 )
 
 
@@ -324,6 +327,13 @@ class ExportConfig(_Section):
     representation_package: str = "minilm-homedepot-representation"
 
 
+class RepresentationVariant(_Section):
+    """Another representation student the represent stage trains beside the main one."""
+
+    architecture: Literal["bi-encoder", "late-interaction"]
+    dim: int | None = Field(None, gt=0)
+
+
 class RepresentationConfig(_Section):
     """The representation student: query and item encoded apart, the item side cacheable.
 
@@ -350,6 +360,11 @@ class RepresentationConfig(_Section):
     init_scale: float = Field(10.0, gt=0)
     init_bias: float = -4.0
     head_learning_rate: float = Field(1e-2, gt=0)
+    # Further architectures trained and reported beside this one (the issue's "measure
+    # both"), on the same labels and knobs but their own architecture and dim. The main
+    # one exports to export.representation_package, another to that name plus
+    # "-<architecture>".
+    also: tuple[RepresentationVariant, ...] = ()
 
 
 class MirrorConfig(_Section):

@@ -431,7 +431,18 @@ def stage_committee(config: TrainConfig, force: bool = False) -> Path:
 
 
 def stage_represent(config: TrainConfig, force: bool = False) -> Path:
-    """Train the representation student on the human pairs plus ``representation.labels``."""
+    """Train the representation student on the human pairs plus ``representation.labels``,
+    then each architecture of ``representation.also`` the same way; returns the main run."""
+    from training.representation.runs import variant_configs
+
+    main, *others = variant_configs(config)
+    out = _represent(main, force)
+    for other in others:
+        _represent(other, force)
+    return out
+
+
+def _represent(config: TrainConfig, force: bool) -> Path:
     from training.representation.runs import (
         label_source,
         labeled_pairs,

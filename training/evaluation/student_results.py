@@ -135,13 +135,14 @@ def current_fingerprints(
 
     The distill stage's curve runs (named and fingerprinted as
     :func:`training.stages.stage_distill` does, ingested live pairs included), the
-    representation stage's run, and the small stage's runs of their source (the run on
-    disk, else the one the curve trains).
+    representation stage's runs (its main architecture and each of ``representation.also``),
+    and the small stage's runs of their source (the run on disk, else the one the curve
+    trains).
     A run whose identity needs what is not here (its labels' teacher) is left out.
     """
     from training.mirror_ingest import mirror_training_pairs
     from training.recipe import curve_runs
-    from training.representation.runs import representation_run
+    from training.representation.runs import representation_runs
     from training.small import source_run
     from training.stages import distill_fingerprint, distill_run_name
 
@@ -154,10 +155,9 @@ def current_fingerprints(
         except PipelineError as exc:
             logger.info("the fingerprint of %s cannot be worked out here: %s", run.name, exc)
     try:
-        name, fingerprint = representation_run(config, dataset)
-        expected[name] = fingerprint
+        expected.update(representation_runs(config, dataset))
     except (PipelineError, OSError) as exc:
-        logger.info("the representation run's fingerprint cannot be worked out here: %s", exc)
+        logger.info("the representation runs' fingerprints cannot be worked out here: %s", exc)
     if config.small.layers:
         source = source_run(config, dataset)
         fingerprint = on_disk[source]["fingerprint"] if source in on_disk else expected.get(source)
@@ -170,12 +170,24 @@ def current_fingerprints(
 
 
 def evaluated_runs(config: TrainConfig, dataset: Dataset) -> list[dict[str, Any]]:
-    """The run records evaluate reports, by name: every finished run on disk, and the
-    stored record of each run whose weights are gone when the config still trains that
-    fingerprint (stale entries are logged and ignored)."""
-    on_disk = {r["name"]: r for r in finished_runs(config)}
+    """The run records evaluate reports, by name: every finished run on disk (but one
+    trained on ingested live pairs under a name this config does not train: a closed-loop
+    candidate of another config's labels, left out with a log line), and the stored record
+    of each run whose weights are gone when the config still trains that fingerprint
+    (stale entries are logged and ignored)."""
+    found = {r["name"]: r for r in finished_runs(config)}
+    expected = current_fingerprints(config, dataset, found)
+    on_disk = {}
+    for name, record in found.items():
+        # A run trained on ingested live traffic that this config's labels do not hold
+        # (the closed loop's candidate, trained under its own config) is another recipe's.
+        if record.get("mirror") and name not in expected:
+            logger.info(
+                "run %s on disk was trained on live pairs this config lacks; left out", name
+            )
+        else:
+            on_disk[name] = record
     records = dict(on_disk)
-    expected: dict[str, str] | None = None
     for name, entries in stored_runs(config).items():
         if name in on_disk:
             current = on_disk[name]["fingerprint"]
@@ -187,8 +199,6 @@ def evaluated_runs(config: TrainConfig, dataset: Dataset) -> list[dict[str, Any]
                         current,
                     )
             continue
-        if expected is None:  # worked out only when some run's weights are gone
-            expected = current_fingerprints(config, dataset, on_disk)
         wanted = expected.get(name)
         for entry in entries:
             if entry.fingerprint == wanted:

@@ -278,12 +278,27 @@ def score_representation_run(
 def score_representation_package(
     config: TrainConfig, frame: pd.DataFrame, sample: pd.DataFrame
 ) -> list[Scored]:
-    """The exported representation package (its INT8 graphs, else FP32) when one verifies."""
+    """Each exported representation package (the main architecture's and each of
+    ``representation.also``; INT8 graphs, else FP32) that verifies."""
+    from training.representation.runs import representation_package_dir, variant_configs
+
+    architectures = dict.fromkeys(v.representation.architecture for v in variant_configs(config))
+    return [
+        row
+        for architecture in architectures
+        for row in _representation_package_row(
+            config, representation_package_dir(config, architecture), frame, sample
+        )
+    ]
+
+
+def _representation_package_row(
+    config: TrainConfig, package_dir: Path, frame: pd.DataFrame, sample: pd.DataFrame
+) -> list[Scored]:
     from training.onnx_export import ExportError
     from training.onnx_export.representation import package_scorer
     from training.onnx_export.representation_manifest import read_representation_manifest
 
-    package_dir = config.path("models_dir") / config.export.representation_package
     try:
         manifest = read_representation_manifest(package_dir)
         variant = next(

@@ -224,12 +224,15 @@ def export_student(
 def export_representation_run(
     config: TrainConfig, name: str, record: dict[str, Any], force: bool = False
 ) -> Path:
-    """A representation run as ``models_dir/<export.representation_package>`` (two graphs)."""
+    """A representation run as ``models_dir/<export.representation_package>`` (two graphs;
+    a run of another architecture than ``representation.architecture`` goes to that name
+    plus ``-<architecture>``)."""
     from training.onnx_export.representation import export_representation_package
     from training.onnx_export.representation import summarize as summarize_representation
     from training.onnx_export.representation_manifest import read_representation_manifest
+    from training.representation.runs import representation_package_dir
 
-    package_dir = config.path("models_dir") / config.export.representation_package
+    package_dir = representation_package_dir(config, record["architecture"])
     try:
         current = read_representation_manifest(package_dir).provenance.get("student", {})
     except (OSError, ValueError):

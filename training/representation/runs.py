@@ -103,12 +103,48 @@ def representation_fingerprint(
     return config.fingerprint("split", "student", "loss", "representation", extra=extra)
 
 
+def variant_configs(config: TrainConfig) -> list[TrainConfig]:
+    """``config`` and one config per ``representation.also`` entry (its architecture and
+    dim, nothing else changed): the representation runs the represent stage trains."""
+    out = [
+        config.model_copy(
+            update={"representation": config.representation.model_copy(update={"also": ()})}
+        )
+    ]
+    seen = {(config.representation.architecture, config.representation.dim)}
+    for variant in config.representation.also:
+        if (variant.architecture, variant.dim) in seen:
+            continue
+        seen.add((variant.architecture, variant.dim))
+        section = config.representation.model_copy(
+            update={"architecture": variant.architecture, "dim": variant.dim, "also": ()}
+        )
+        out.append(config.model_copy(update={"representation": section}))
+    return out
+
+
 def representation_run(config: TrainConfig, dataset: Dataset) -> tuple[str, str]:
     """The name and fingerprint of the run ``python -m training represent`` trains under
-    ``config`` (what a stored result of it is matched against once its weights are gone)."""
+    ``config``'s main architecture (what a stored result of it is matched against once its
+    weights are gone)."""
     labeled = labeled_pairs(config, dataset)
     pairs = 0 if labeled is None else len(labeled)
     return (
         representation_run_name(config.representation.architecture, pairs),
         representation_fingerprint(config, dataset, labels_sha256(config), pairs),
     )
+
+
+def representation_runs(config: TrainConfig, dataset: Dataset) -> dict[str, str]:
+    """Name -> fingerprint of every representation run the config trains (main and also)."""
+    return dict(representation_run(variant, dataset) for variant in variant_configs(config))
+
+
+def representation_package_dir(config: TrainConfig, architecture: str) -> Path:
+    """Where a representation run of ``architecture`` is exported: the configured package
+    for the main architecture, ``<package>-<architecture>`` for another (so exporting the
+    second kind never overwrites the first)."""
+    name = config.export.representation_package
+    if architecture != config.representation.architecture:
+        name = f"{name}-{architecture}"
+    return config.path("models_dir") / name

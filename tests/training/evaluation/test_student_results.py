@@ -172,3 +172,30 @@ def test_the_fingerprints_the_config_trains_are_those_of_the_stages_runs(pipelin
         assert expected[f"{source}-{suffix}"] == fingerprint
     # Committee students are not a curve run: their stored results need their weights.
     assert not any(name.startswith("committee-") for name in expected)
+
+
+def test_a_run_trained_on_live_pairs_this_config_lacks_is_not_reported(
+    pipeline_copy, caplog
+) -> None:
+    """The closed loop's candidate (trained under its own config on ingested mirror pairs)
+    sits in runs/students beside the recipe's runs; evaluate must not report it."""
+    import json
+
+    config = pipeline_copy
+    dataset = load_dataset(config)
+    name = _distilled(config)
+    candidate = students_dir(config) / f"{name}-mirror-n3"
+    shutil.copytree(students_dir(config) / name, candidate)
+    record = json.loads((candidate / "run.json").read_text())
+    record.update(name=candidate.name, fingerprint="f" * 12, mirror={"pairs": 3, "files": []})
+    (candidate / "run.json").write_text(json.dumps(record))
+    # A run of another size, not trained on live pairs (`distill --size N`), is still reported.
+    other = students_dir(config) / "distill-n3"
+    shutil.copytree(students_dir(config) / name, other)
+    record.update(name=other.name, fingerprint="e" * 12, mirror=None)
+    (other / "run.json").write_text(json.dumps(record))
+
+    caplog.set_level(logging.INFO, logger=student_results.__name__)
+    names = {r["name"] for r in student_results.evaluated_runs(config, dataset)}
+    assert candidate.name not in names and {name, "human-only", other.name} <= names
+    assert f"run {candidate.name} on disk was trained on live pairs" in caplog.text

@@ -155,3 +155,43 @@ def test_a_stored_representation_result_is_current_once_its_weights_are_gone(
     record = read_run(run_dir)
     expected = current_fingerprints(config, load_dataset(config), {})
     assert expected[record["name"]] == record["fingerprint"]
+
+
+def test_also_trains_a_second_architecture_under_the_identity_it_has_alone(
+    with_representation,
+) -> None:
+    """``representation.also`` trains late interaction beside the bi-encoder: the same
+    run (name, fingerprint) as training it alone with ``--set architecture=...``, the
+    bi-encoder's identity untouched, both reported, and each exported to its own package."""
+    from training.config import RepresentationVariant
+    from training.evaluation.student_results import current_fingerprints
+
+    config, main_dir = with_representation
+    main = read_run(main_dir)
+    late = RepresentationVariant(architecture="late-interaction", dim=8)
+    both = config.model_copy(
+        update={"representation": config.representation.model_copy(update={"also": (late,)})}
+    )
+    assert stage_represent(both) == main_dir
+    assert read_run(main_dir) == main  # not retrained: `also` is not part of its identity
+    late_dir = students_dir(config) / "late-interaction-human-only"
+    record = read_run(late_dir)
+    assert record["architecture"] == "late-interaction" and record["head"]["dim"] == 8
+    alone = config.model_copy(
+        update={
+            "representation": config.representation.model_copy(
+                update={"architecture": "late-interaction", "dim": 8}
+            )
+        }
+    )
+    assert stage_represent(alone) == late_dir and read_run(late_dir) == record
+    expected = current_fingerprints(both, load_dataset(both), {})
+    assert expected[main["name"]] == main["fingerprint"]
+    assert expected[record["name"]] == record["fingerprint"]
+
+    bi_package = stage_export(both, student=main_dir.name)
+    bi_manifest = (bi_package / "manifest.json").read_text()
+    package = stage_export(both, student=late_dir.name)
+    assert package.name == f"{both.export.representation_package}-late-interaction"
+    assert read_representation_manifest(package).architecture == "late-interaction"
+    assert (bi_package / "manifest.json").read_text() == bi_manifest
