@@ -333,6 +333,7 @@ class _OpenLoop:
 
     def overload(self, factor: int, seed: int) -> Row:
         before = snapshot(self.pid)
+        admission_start = get_json(self.url + "/info").get("load")
         with Sampler(self.pid, interval_s=0.25) as proc:
             samples, elapsed, not_sent, rate = self._send(factor, seed + factor)
             # What admission had learned by the end of the load (lateness, tail guard).
@@ -370,6 +371,7 @@ class _OpenLoop:
                 "rss_after_mib": after.rss_mib if after else None,
                 "drain_s": round(drain_s, 2),
                 "recovery_s": recovery_s,
+                "admission_at_start": admission_start,
                 "admission_at_end": admission_load,
                 "failures": failures,
             },

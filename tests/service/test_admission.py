@@ -354,6 +354,43 @@ def test_requests_answered_later_than_forecast_make_admission_stricter() -> None
     assert admission.load()["lateness"] == pytest.approx(admission.lateness, abs=1e-3)
 
 
+def test_a_request_waiting_past_its_forecast_raises_lateness_before_it_is_answered() -> None:
+    """The start of an overload: nothing has been answered yet, but a request that queued
+    is already twice as long in the queue as forecast. The next batch's end says so, and
+    a newcomer that fitted by the cost model alone is refused."""
+    clock = Clock()
+    admission = fitted(AdmissionConfig(latency_s=0.5, batch_pairs=BATCH), clock)
+    # Batches reported at exactly the fitted cost, so that the cost model stays as it is.
+    lone, full = (1, 10, 10, A_S + B_S * 10), (8, 100, 800, A_S + B_S * 800)
+    # A short forecast past due is not learned from (its fixed cost dominates).
+    with admission.reserve(1, tokens=10) as short:
+        assert short.forecast_s < 0.05
+        clock.now += 1.0
+        admission.observe_batch(*lone[:3], clock.now - lone[3], lone[3], backlogged=False)
+    assert admission.lateness == 1.0
+    with admission.reserve(8, tokens=800) as first, admission.reserve(8, tokens=800) as second:
+        assert first.forecast_s == pytest.approx(0.082)
+        assert second.forecast_s == pytest.approx(0.164)
+        # 328 ms later both still wait: the second twice its forecast, the first four
+        # times, but the first's forecast (under a quarter of the SLO latency) waited
+        # behind no queue: light load's noise, not learned from.
+        clock.now += 0.328
+        admission.observe_batch(*full[:3], clock.now - full[3], full[3], backlogged=True)
+        # A step toward it at an answer's weight, each batch's end while it waits.
+        assert admission.lateness == pytest.approx(0.9 * 1.0 + 0.1 * 2.0)
+        for _ in range(50):
+            admission.observe_batch(*full[:3], clock.now - full[3], full[3], backlogged=True)
+        assert admission.lateness == pytest.approx(2.0, abs=0.01)
+        # Two more such requests fit 500 ms by the cost model (246, 328 ms) but not at
+        # twice that: the fourth's forecast (328 ms, doubled) passes its budget.
+        with admission.reserve(8, tokens=800), pytest.raises(Overloaded):
+            admission.reserve(8, tokens=800).__enter__()
+    # Nothing is waiting: a batch's end teaches nothing more.
+    admission.lateness = 1.0
+    admission.observe_batch(*full[:3], clock.now - full[3], full[3], backlogged=False)
+    assert admission.lateness == 1.0
+
+
 def test_lateness_ignores_short_forecasts_and_failed_requests_and_stays_bounded() -> None:
     clock = Clock()
     admission = fitted(AdmissionConfig(latency_s=10.0, batch_pairs=BATCH), clock)
