@@ -121,6 +121,7 @@ def _tables(
             validation_pairwise_accuracy=s.validation_pairwise_accuracy,
             notes=s.notes,
             negatives_irrelevant_share=_negatives_share(s),
+            latency_measured_at=s.latency_measured_at,
         )
 
     everything = np.ones(len(frame), dtype=bool)

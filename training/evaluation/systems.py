@@ -64,6 +64,9 @@ class Scored:
     notes: str = ""
     # Scores of the validation queries' random negatives (the evaluation's negatives row).
     negative_scores: np.ndarray | None = None
+    # When the latency was timed, if not in this run (a stored result: maybe another
+    # machine), so that no report compares it side by side with one timed now.
+    latency_measured_at: str | None = None
 
 
 def score_systems(
@@ -162,6 +165,7 @@ def score_run(
             part.get("latency_cached_ms_per_pair"),
         )
         row.notes = "; ".join(n for n in (row.notes, results.stored_note(entry, part)) if n)
+        row.latency_measured_at = str(part.get("measured_at", "?"))[:10]
         return row
     if not results.weights_present(config, record):
         logger.warning(

@@ -46,6 +46,37 @@ def test_findings_state_each_target_with_its_numbers() -> None:
     assert "vs its committee teacher (0.6030): -0.0010." in lines
 
 
+def test_the_teacher_cost_ratio_is_stated_only_for_timings_of_one_run() -> None:
+    """A student read from a stored result was timed on the day it was stored (maybe on
+    another machine); the ratio to a teacher timed now is not side by side."""
+
+    def systems(student_timed: str | None) -> list[dict[str, object]]:
+        extra = {} if student_timed is None else {"latency_measured_at": student_timed}
+        return [
+            _system("student: human-only", "student", 0.596, validation=0.57),
+            _system(
+                "student: distill-n9",
+                "student",
+                0.604,
+                augment_pairs=9,
+                validation=0.59,
+                latency_ms_per_pair=5.0,
+                **extra,
+            ),
+            _system("teacher", "teacher", 0.604, latency_ms_per_pair=200.0),
+            _system("served package", "package", 0.603, latency_ms_per_pair=4.0),
+        ]
+
+    same = findings({"systems": systems(None)})
+    assert any("on the same CPU" in f and "40.0× cheaper (meets" in f for f in same)
+    stored = findings({"systems": systems("2026-12-02")})
+    assert not any("same CPU" in f for f in stored)
+    line = next(f for f in stored if f.startswith("Cost per pair, not side by side"))
+    assert "timed 2026-12-02, a stored result" in line and "cheaper" not in line
+    # The served package is timed in every run: its ratio stays.
+    assert "served package: 4.00 ms per pair, 50.0× cheaper." in stored
+
+
 def test_manifest_evaluation_takes_the_exported_runs_row_and_the_baselines() -> None:
     results = {
         "split": "test",
