@@ -67,10 +67,13 @@ async def info(
 
 
 def _load(request: Request) -> dict[str, Any]:
-    """What the door and admission look at right now (operators, the reliability run)."""
+    """What the door and admission look at right now (operators, the reliability run).
+
+    The default model's admission, also for a representation engine (whose admission
+    guards its item encoding and is not the door's)."""
     state = request.app.state
     lag = getattr(state, "loop_lag", None)
-    admission: Admission | None = getattr(state, "admission", None)
+    admission: Admission | None = getattr(getattr(state, "engine", None), "admission", None)
     unknown = dict.fromkeys(
         (
             "reserved_pairs",

@@ -278,6 +278,31 @@ def test_the_cascade_rescores_the_head_with_the_cross_encoder(
     run_async(body)
 
 
+def test_the_item_lane_is_timed_only_once_the_cascade_has_warmed_up(
+    tiny_representation_package: Path, tiny_model_package: Path, monkeypatch
+) -> None:
+    """Both warm-ups time their models on the same cores: side by side each measured the
+    other's load (the item lane up to 8x its cost, and unseen items were then refused)."""
+    seen: list[bool] = []
+
+    async def body() -> None:
+        cross = ScoringEngine.from_package_dir(tiny_model_package, Metrics(CollectorRegistry()))
+        engine, _ = _engine(tiny_representation_package, cascade=cross, warmup=True)
+        timed = engine._time_shapes
+
+        def recording() -> list:
+            seen.append(cross.ready)
+            return timed()
+
+        monkeypatch.setattr(engine, "_time_shapes", recording)
+        await _started(engine)
+        await engine.stop()
+        assert engine.admission.forecast.calibrated
+
+    run_async(body)
+    assert seen == [True]
+
+
 def test_a_cascade_without_a_cross_encoder_is_refused(tiny_representation_package: Path) -> None:
     async def body() -> None:
         engine, _ = _engine(tiny_representation_package)
