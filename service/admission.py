@@ -292,7 +292,10 @@ class Admission:
         """An admitted request was answered: how late against its forecast."""
         if ticket.forecast_s < LATENESS_MIN_FORECAST_S or not self.forecast.calibrated:
             return
-        ratio = (self._clock() - ticket.admitted_at) / ticket.forecast_s
+        self._step_lateness((self._clock() - ticket.admitted_at) / ticket.forecast_s)
+
+    def _step_lateness(self, ratio: float) -> None:
+        """One step of the lateness average toward ``ratio`` (an answer's weight, bounded)."""
         low, high = LATENESS_BOUNDS
         mixed = (1 - LATENESS_WEIGHT) * self.lateness + LATENESS_WEIGHT * ratio
         self.lateness = min(high, max(low, mixed))
@@ -319,10 +322,7 @@ class Admission:
             # At the weight of an answer, once per batch: a step toward the evidence, not
             # a jump to the worst waiting request (that held lateness at the top of the
             # spread: 4.9-9.8% refused at half load in quick runs).
-            mixed = (1 - LATENESS_WEIGHT) * self.lateness + LATENESS_WEIGHT * overdue
-            self.lateness = min(LATENESS_BOUNDS[1], mixed)
-            if self._metrics is not None:
-                self._metrics.forecast_lateness.set(self.lateness)
+            self._step_lateness(overdue)
 
     def _learn_tail(self, ticket: Ticket) -> None:
         """An admitted request was answered: how far past its cost-model forecast, if it
