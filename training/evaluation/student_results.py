@@ -176,12 +176,18 @@ def evaluated_runs(config: TrainConfig, dataset: Dataset) -> list[dict[str, Any]
     of each run whose weights are gone when the config still trains that fingerprint
     (stale entries are logged and ignored)."""
     found = {r["name"]: r for r in finished_runs(config)}
-    expected = current_fingerprints(config, dataset, found)
+
+    @functools.cache
+    def expected() -> dict[str, str]:
+        # Worked out only when needed (it reads the labels): a run trained on live pairs
+        # is on disk, or some run's weights are gone.
+        return current_fingerprints(config, dataset, found)
+
     on_disk = {}
     for name, record in found.items():
         # A run trained on ingested live traffic that this config's labels do not hold
         # (the closed loop's candidate, trained under its own config) is another recipe's.
-        if record.get("mirror") and name not in expected:
+        if record.get("mirror") and name not in expected():
             logger.info(
                 "run %s on disk was trained on live pairs this config lacks; left out", name
             )
@@ -199,7 +205,7 @@ def evaluated_runs(config: TrainConfig, dataset: Dataset) -> list[dict[str, Any]
                         current,
                     )
             continue
-        wanted = expected.get(name)
+        wanted = expected().get(name)
         for entry in entries:
             if entry.fingerprint == wanted:
                 records[name] = entry.record

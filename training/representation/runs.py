@@ -123,21 +123,19 @@ def variant_configs(config: TrainConfig) -> list[TrainConfig]:
     return out
 
 
-def representation_run(config: TrainConfig, dataset: Dataset) -> tuple[str, str]:
-    """The name and fingerprint of the run ``python -m training represent`` trains under
-    ``config``'s main architecture (what a stored result of it is matched against once its
-    weights are gone)."""
+def representation_runs(config: TrainConfig, dataset: Dataset) -> dict[str, str]:
+    """Name -> fingerprint of every representation run ``python -m training represent``
+    trains under ``config`` (main first, then each of ``also``): what a stored result is
+    matched against once its weights are gone. The variants share their labels, read once."""
     labeled = labeled_pairs(config, dataset)
     pairs = 0 if labeled is None else len(labeled)
-    return (
-        representation_run_name(config.representation.architecture, pairs),
-        representation_fingerprint(config, dataset, labels_sha256(config), pairs),
-    )
-
-
-def representation_runs(config: TrainConfig, dataset: Dataset) -> dict[str, str]:
-    """Name -> fingerprint of every representation run the config trains (main and also)."""
-    return dict(representation_run(variant, dataset) for variant in variant_configs(config))
+    sha = labels_sha256(config)
+    return {
+        representation_run_name(variant.representation.architecture, pairs): (
+            representation_fingerprint(variant, dataset, sha, pairs)
+        )
+        for variant in variant_configs(config)
+    }
 
 
 def representation_package_dir(config: TrainConfig, architecture: str) -> Path:
